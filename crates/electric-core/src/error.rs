@@ -1,0 +1,133 @@
+//! The crate's error type.
+
+use crate::key::Key;
+use crate::version::{Stamp, Version};
+
+/// A `Result` whose error defaults to [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `electric-core` and in the stores built on it.
+///
+/// Errors are classified: [`Error::is_retryable`] tells whether the same call may succeed later
+/// (a backend that is briefly unreachable) or will fail again (bad input, a type that does not
+/// serialize to a JSON object).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key part is empty, too long, or holds a reserved character.
+    #[error("invalid key {part} {value:?}: {reason}")]
+    InvalidKey {
+        /// Which part of the key: `partition`, `section` or `id`.
+        part: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A document type serialized to something other than a JSON object.
+    #[error("document for {key} serializes to JSON {found}, not an object")]
+    NotAnObject {
+        /// The document's key.
+        key: Key,
+        /// The JSON type it serialized to.
+        found: &'static str,
+    },
+    /// Serializing or deserializing a document failed.
+    #[error("document for {key} does not (de)serialize: {reason}")]
+    Serde {
+        /// The document's key.
+        key: Key,
+        /// The serde error message.
+        reason: String,
+    },
+    /// A document is larger than the configured maximum.
+    #[error("document for {key} is {size} bytes, over the limit of {limit}")]
+    DocumentTooLarge {
+        /// The document's key.
+        key: Key,
+        /// Its serialized size in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// The optimistic-concurrency check kept failing after the configured number of attempts.
+    #[error("conflict on {key}: expected {expected:?}, store has {actual:?}")]
+    Conflict {
+        /// The document's key.
+        key: Key,
+        /// The stamp the last attempt expected (`None`: expected the key to be absent).
+        expected: Option<Stamp>,
+        /// The stamp the store reported (`None`: the key is absent).
+        actual: Option<Stamp>,
+    },
+    /// The key does not exist and the document type has no empty value to start from.
+    #[error("{key} does not exist")]
+    NotFound {
+        /// The missing key.
+        key: Key,
+    },
+    /// A version the caller asked for is newer than anything the store holds.
+    #[error("{key} is at version {available}, wanted at least {wanted}")]
+    VersionUnavailable {
+        /// The document's key.
+        key: Key,
+        /// The version asked for.
+        wanted: Version,
+        /// The newest version available.
+        available: Version,
+    },
+    /// A patch does not apply to the document (bad pointer, type mismatch, failed test).
+    #[error("patch does not apply: {reason}")]
+    PatchFailed {
+        /// What went wrong, from the patch engine.
+        reason: String,
+    },
+    /// An encoded delta uses an encoding version this build does not understand.
+    #[error("unsupported delta encoding version {found} (this build reads {supported})")]
+    UnsupportedEncoding {
+        /// The version found in the message.
+        found: u64,
+        /// The version this build reads and writes.
+        supported: u64,
+    },
+    /// An encoded delta, log entry or stored document is malformed.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// What was being decoded (`delta`, `log entry`, `document`…).
+        what: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The backend could not be reached or failed transiently; the call may succeed later.
+    #[error("backend unavailable: {reason}")]
+    Unavailable {
+        /// What the backend reported.
+        reason: String,
+    },
+    /// The backend rejected the call for a reason that will not go away by retrying.
+    #[error("backend error: {reason}")]
+    Backend {
+        /// What the backend reported.
+        reason: String,
+    },
+    /// The component was shut down.
+    #[error("shut down")]
+    Shutdown,
+}
+
+impl Error {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Conflict { .. })
+    }
+
+    pub(crate) fn serde(key: &Key, err: impl std::fmt::Display) -> Self {
+        Error::Serde {
+            key: key.clone(),
+            reason: err.to_string(),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The [`Store`] trait: where documents, their change logs and their delta channels live.
+//!
+//! A store is the single source of truth. It applies commits atomically against an expected
+//! [`Stamp`] (optimistic concurrency across processes), keeps a capped per-key change log so late
+//! or disconnected replicas can catch up, and publishes every committed delta on its section's
+//! channel. [`MemoryStore`] is the embedded implementation; `electric-redis` provides the
+//! production one. Every implementation must pass the conformance suite in `electric-testkit`.
+
+mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use serde_json::{Map, Value};
+
+use crate::delta::{DeltaKind, Patch, SharedDelta};
+use crate::error::Result;
+use crate::key::{Key, SectionId};
+use crate::version::{Epoch, Stamp, Version};
+
+pub use memory::{MemoryStore, MemoryStoreBuilder};
+
+/// A whole document as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// Epoch and version of this state.
+    pub stamp: Stamp,
+    /// Change time of the last commit, milliseconds since the Unix epoch.
+    pub change_time: u64,
+    /// The document's top-level members.
+    pub doc: Map<String, Value>,
+}
+
+/// One atomic change to submit to [`Store::commit`].
+#[derive(Clone, Debug)]
+pub struct Commit {
+    /// The document.
+    pub key: Key,
+    /// What the writer believes the store holds: `None` means "the key does not exist".
+    pub expected: Option<Stamp>,
+    /// Top-level members to write (`Some`) or remove (`None`). Together they turn the expected
+    /// document into the new one.
+    pub fields: Vec<(String, Option<Value>)>,
+    /// `Patch` or `Snapshot` (never `Delete`; use [`Store::delete`]).
+    pub kind: DeltaKind,
+    /// The RFC 6902 patch from the expected document to the new one, as logged and published.
+    pub ops: Patch,
+    /// Who is writing; copied into the delta.
+    pub origin: String,
+    /// When set, the key (document and log) expires this long after the commit.
+    pub ttl: Option<Duration>,
+}
+
+/// The result of [`Store::commit`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub enum CommitOutcome {
+    /// Applied; the delta carries the new version, the epoch and the change time.
+    Committed(SharedDelta),
+    /// Rejected: the store holds `actual` (`None`: the key does not exist).
+    Conflict {
+        /// What the store holds.
+        actual: Option<Stamp>,
+    },
+}
+
+/// The result of [`Store::changes_since`].
+#[derive(Clone, Debug)]
+pub enum Changes {
+    /// Every delta after the requested version, in order (empty when up to date).
+    Deltas {
+        /// The key's current epoch.
+        epoch: Epoch,
+        /// The deltas, oldest first.
+        deltas: Vec<SharedDelta>,
+    },
+    /// The log no longer reaches back that far.
+    Trimmed {
+        /// The key's current epoch.
+        epoch: Epoch,
+        /// The oldest version still in the log.
+        earliest: Version,
+    },
+    /// The key does not exist.
+    Missing,
+}
+
+/// An item of a section subscription.
+#[derive(Clone, Debug)]
+pub enum SubscriptionEvent {
+    /// A committed delta.
+    Delta(SharedDelta),
+    /// The subscriber fell behind and `missed` deltas were dropped for it; it must resynchronise.
+    Lagged {
+        /// How many deltas were lost (0 when the backend cannot tell).
+        missed: u64,
+    },
+}
+
+/// A live stream of a section's deltas. It ends when the subscription is lost; an `Err` item
+/// reports a message that could not be read (the stream goes on).
+pub type Subscription = BoxStream<'static, Result<SubscriptionEvent>>;
+
+/// Storage for versioned documents. Object safe: use it as `Arc<dyn Store>`.
+///
+/// # Semantics every implementation provides
+///
+/// - `commit` is atomic: it checks the expected stamp, writes the fields, bumps the version
+///   (a created key gets version 1 and a fresh random epoch), sets the change time, appends the
+///   delta to the key's capped log, publishes it on the section channel and refreshes the TTL — or
+///   does nothing and reports the actual stamp.
+/// - Readers never observe half a commit.
+/// - `changes_since(key, v)` returns every logged delta with a version above `v`, or says the log
+///   was trimmed past `v`.
+/// - A subscriber that cannot keep up is told ([`SubscriptionEvent::Lagged`]), never silently
+///   starved.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Loads the whole document, or `None` if the key does not exist.
+    async fn load(&self, key: &Key) -> Result<Option<Snapshot>>;
+
+    /// Atomically applies `commit` if the store holds `commit.expected`.
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome>;
+
+    /// The logged deltas after version `after`.
+    async fn changes_since(&self, key: &Key, after: Version) -> Result<Changes>;
+
+    /// The current stamps of many keys at once (`None`: missing), in the order asked.
+    async fn stamps(&self, keys: &[Key]) -> Result<Vec<Option<Stamp>>>;
+
+    /// Deletes the document and its log and publishes a `delete` delta. Returns whether it existed.
+    async fn delete(&self, key: &Key, origin: &str) -> Result<bool>;
+
+    /// Sets the key to expire after `ttl`. Returns whether the key exists.
+    async fn expire(&self, key: &Key, ttl: Duration) -> Result<bool>;
+
+    /// The time left before the key expires: `Ok(None)` if it has no expiry or does not exist.
+    async fn ttl(&self, key: &Key) -> Result<Option<Duration>>;
+
+    /// Subscribes to every delta committed in `section` from now on.
+    async fn subscribe(&self, section: &SectionId) -> Result<Subscription>;
+}
