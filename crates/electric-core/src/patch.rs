@@ -22,3 +22,29 @@ pub fn apply(doc: &mut Value, ops: &Patch) -> Result<()> {
         reason: e.to_string(),
     })
 }
+
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Serialized size of a patch in bytes.
+pub fn patch_size(ops: &Patch) -> usize {
+    let mut c = Counter(0);
+    let _ = serde_json::to_writer(&mut c, ops);
+    c.0
+}
+
+/// Serialized size of a JSON value in bytes.
+pub fn json_size(v: &Value) -> usize {
+    let mut c = Counter(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}

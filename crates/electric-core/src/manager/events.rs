@@ -1,0 +1,263 @@
+//! Change and sync-error events, and the counters behind the repair report.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::delta::SharedDelta;
+use crate::key::Key;
+use crate::version::Stamp;
+
+/// Why a cached document was repaired instead of simply patched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RepairReason {
+    /// A delta's base was ahead of the cached version; the missing deltas came from the log.
+    Gap,
+    /// A gap reached further back than the change log; the snapshot was reloaded.
+    Trimmed,
+    /// The key's epoch changed (store flushed, key re-created); the snapshot was reloaded.
+    Epoch,
+    /// Found by the anti-entropy pass right after a subscription was re-established.
+    Reconnect,
+    /// Found by the anti-entropy pass after the subscription reported lost deltas.
+    Lagged,
+    /// Found by the periodic anti-entropy pass.
+    AntiEntropy,
+    /// A delta did not apply (bad pointer, type mismatch, undeserializable result); the snapshot
+    /// was reloaded.
+    ApplyFailed,
+}
+
+impl RepairReason {
+    /// Every reason, in report order.
+    pub const ALL: [RepairReason; 7] = [
+        RepairReason::Gap,
+        RepairReason::Trimmed,
+        RepairReason::Epoch,
+        RepairReason::Reconnect,
+        RepairReason::Lagged,
+        RepairReason::AntiEntropy,
+        RepairReason::ApplyFailed,
+    ];
+
+    /// The reason's snake_case name, as used in reports and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepairReason::Gap => "gap",
+            RepairReason::Trimmed => "trimmed",
+            RepairReason::Epoch => "epoch",
+            RepairReason::Reconnect => "reconnect",
+            RepairReason::Lagged => "lagged",
+            RepairReason::AntiEntropy => "anti_entropy",
+            RepairReason::ApplyFailed => "apply_failed",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+impl fmt::Display for RepairReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What changed a cached document.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ChangeCause {
+    /// This manager committed the delta.
+    Local(SharedDelta),
+    /// The delta arrived from another writer and was applied.
+    Remote(SharedDelta),
+    /// The document was repaired (re-read from the log or the snapshot).
+    Repaired(RepairReason),
+    /// The document was deleted in the store.
+    Deleted,
+}
+
+/// A cached document changed.
+#[derive(Clone, Debug)]
+pub struct ChangeEvent {
+    /// The document.
+    pub key: Key,
+    /// Where it stands now (`None` once deleted).
+    pub stamp: Option<Stamp>,
+    /// What changed it.
+    pub cause: ChangeCause,
+}
+
+/// A document could not be kept in sync by the normal path.
+#[derive(Clone, Debug)]
+pub struct SyncErrorEvent {
+    /// The document, when the error concerns one.
+    pub key: Option<Key>,
+    /// The repair that was attempted, if any.
+    pub reason: Option<RepairReason>,
+    /// What went wrong.
+    pub detail: String,
+}
+
+/// An item of an event stream: the event, or how many events this listener missed because it
+/// fell more than the channel capacity behind.
+pub type EventItem<E> = Result<E, Missed>;
+
+/// A listener fell behind and lost this many events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Missed(pub u64);
+
+/// A stream of events from a bounded broadcast channel. A listener that falls behind loses the
+/// oldest events and is told how many ([`Missed`]); it never blocks the manager.
+pub struct EventStream<E> {
+    inner: Pin<Box<dyn Stream<Item = EventItem<E>> + Send>>,
+}
+
+impl<E: Clone + Send + 'static> EventStream<E> {
+    pub(crate) fn new(rx: broadcast::Receiver<E>) -> Self {
+        let s = futures_util::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(e) => Some((Ok(e), rx)),
+                Err(broadcast::error::RecvError::Lagged(n)) => Some((Err(Missed(n)), rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        });
+        EventStream { inner: Box::pin(s) }
+    }
+}
+
+impl<E> Stream for EventStream<E> {
+    type Item = EventItem<E>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// Counters of one manager.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub committed: AtomicU64,
+    pub unchanged: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub applied: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub ignored_cold: AtomicU64,
+    pub loads: AtomicU64,
+    pub evicted: AtomicU64,
+    pub flushed: AtomicU64,
+    pub malformed: AtomicU64,
+    pub sync_errors: AtomicU64,
+    pub repairs: [AtomicU64; 7],
+}
+
+impl Counters {
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn repaired(&self, reason: RepairReason) {
+        self.repairs[reason.index()].fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("electric_repairs_total", "reason" => reason.as_str()).increment(1);
+    }
+
+    pub fn snapshot(&self, cached: usize) -> ManagerStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ManagerStats {
+            cached,
+            committed: g(&self.committed),
+            unchanged: g(&self.unchanged),
+            conflicts: g(&self.conflicts),
+            applied: g(&self.applied),
+            duplicates: g(&self.duplicates),
+            ignored_cold: g(&self.ignored_cold),
+            loads: g(&self.loads),
+            evicted: g(&self.evicted),
+            flushed: g(&self.flushed),
+            malformed: g(&self.malformed),
+            sync_errors: g(&self.sync_errors),
+            repairs: RepairCounts(RepairReason::ALL.map(|r| (r, g(&self.repairs[r.index()])))),
+        }
+    }
+}
+
+/// Repairs by reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepairCounts(pub [(RepairReason, u64); 7]);
+
+impl RepairCounts {
+    /// The count for one reason.
+    pub fn get(&self, reason: RepairReason) -> u64 {
+        self.0
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// The sum over all reasons.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Adds another set of counts to this one.
+    pub fn add(&mut self, other: &RepairCounts) {
+        for (slot, (_, n)) in self.0.iter_mut().zip(other.0.iter()) {
+            slot.1 += n;
+        }
+    }
+}
+
+impl Default for RepairCounts {
+    fn default() -> Self {
+        RepairCounts(RepairReason::ALL.map(|r| (r, 0)))
+    }
+}
+
+impl Serialize for RepairCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (r, n) in &self.0 {
+            m.serialize_entry(r.as_str(), n)?;
+        }
+        m.end()
+    }
+}
+
+/// A point-in-time copy of a manager's counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ManagerStats {
+    /// Documents in the local cache.
+    pub cached: usize,
+    /// Commits made by this manager.
+    pub committed: u64,
+    /// Updates whose closure changed nothing (no commit).
+    pub unchanged: u64,
+    /// Commits rejected because another writer got there first (each was retried or reported).
+    pub conflicts: u64,
+    /// Remote deltas applied to the cache.
+    pub applied: u64,
+    /// Remote deltas ignored because the cache already had them (echoes, duplicates).
+    pub duplicates: u64,
+    /// Remote deltas ignored because the key was not cached.
+    pub ignored_cold: u64,
+    /// Snapshot loads from the store.
+    pub loads: u64,
+    /// Entries evicted because the cache was full.
+    pub evicted: u64,
+    /// Entries flushed because they were idle too long.
+    pub flushed: u64,
+    /// Subscription messages that could not be read.
+    pub malformed: u64,
+    /// Sync errors reported on the sync-error stream.
+    pub sync_errors: u64,
+    /// Repairs by reason.
+    pub repairs: RepairCounts,
+}
