@@ -1,6 +1,7 @@
 //! Core of Electric: versioned JSON documents kept in sync by JSON Patch deltas.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod delta;
 pub mod error;

@@ -12,7 +12,7 @@
 //!
 //! Everything stops when the cancellation token fires; [`SyncHandle::join`] waits for it.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -284,9 +284,7 @@ async fn worker(
 }
 
 fn shard(hasher: &foldhash::fast::FixedState, id: &str, n: usize) -> usize {
-    let mut h = hasher.build_hasher();
-    id.hash(&mut h);
-    (h.finish() % n as u64) as usize
+    (hasher.hash_one(id) % n as u64) as usize
 }
 
 async fn reader(

@@ -261,7 +261,10 @@ pub async fn missing_key_everywhere(sut: StoreUnderTest) {
         Changes::Missing
     ));
     assert_eq!(
-        store.stamps(&[key.clone()]).await.expect("stamps"),
+        store
+            .stamps(std::slice::from_ref(&key))
+            .await
+            .expect("stamps"),
         vec![None]
     );
     assert!(!store.delete(&key, "conformance").await.expect("delete"));
@@ -391,7 +394,10 @@ pub async fn ttl_is_set_refreshed_and_expires(sut: StoreUnderTest) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(store.load(&key).await.expect("load").is_none(), "expired");
     assert_eq!(
-        store.stamps(&[key.clone()]).await.expect("stamps"),
+        store
+            .stamps(std::slice::from_ref(&key))
+            .await
+            .expect("stamps"),
         vec![None]
     );
 }

@@ -4,6 +4,7 @@
 //! ([`orderbook::OrderBook`]) used by the demo and the benchmarks.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod conformance;
 pub mod faults;

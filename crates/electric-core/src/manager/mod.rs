@@ -760,7 +760,7 @@ impl<T: Document> DataManager<T> {
         }
     }
 
-    fn from_object(&self, key: &Key, doc: Map<String, Value>) -> Result<T> {
+    fn to_typed(&self, key: &Key, doc: Map<String, Value>) -> Result<T> {
         serde_json::from_value(Value::Object(doc)).map_err(|e| Error::serde(key, e))
     }
 
@@ -810,7 +810,7 @@ impl<T: Document> DataManager<T> {
     }
 
     fn insert_snapshot(&self, key: &Key, snap: Snapshot) -> Result<Doc<T>> {
-        let value = self.from_object(key, snap.doc)?;
+        let value = self.to_typed(key, snap.doc)?;
         Ok(self.put(
             key.id(),
             Entry {
@@ -865,7 +865,7 @@ impl<T: Document> DataManager<T> {
         let mut json = Value::Object(self.to_object(&delta.key, doc.value())?);
         patch::apply(&mut json, &delta.ops)?;
         match json {
-            Value::Object(m) => self.from_object(&delta.key, m),
+            Value::Object(m) => self.to_typed(&delta.key, m),
             other => Err(Error::NotAnObject {
                 key: delta.key.clone(),
                 found: json_type(&other),
