@@ -340,7 +340,7 @@ async fn foreign_data_of_the_wrong_type_is_an_error_not_a_stale_cache() {
     let m = manager(&store);
     let _ = m.update("k", |c| c.n = 1).await.unwrap();
     let key = m.key("k").unwrap();
-    let stamp = store.stamps(&[key.clone()]).await.unwrap()[0];
+    let stamp = store.stamps(std::slice::from_ref(&key)).await.unwrap()[0];
     // A foreign writer stores a string where Counter has a number.
     let CommitOutcome::Committed(delta) = store
         .commit(Commit {
