@@ -545,9 +545,10 @@ impl<T: Document> DataManager<T> {
         loop {
             attempt += 1;
             let guard = inner.locks.lock(id).await;
+            // A retry starts from the store's state as of now, not as of before the backoff.
             let current = match self.cached(id) {
-                Some(d) => Some(d),
-                None => self.load_locked(&key).await?,
+                Some(d) if attempt == 1 => Some(d),
+                _ => self.load_locked(&key).await?,
             };
             let (old_json, mut value) = match &current {
                 Some(d) => (self.to_object(&key, d.value())?, d.value().clone()),
@@ -598,9 +599,9 @@ impl<T: Document> DataManager<T> {
                 }
                 CommitOutcome::Conflict { actual } => {
                     Counters::bump(&inner.counters.conflicts);
-                    // Refresh under the lock so the next attempt starts from the store's state.
-                    self.load_locked(&key).await?;
                     if attempt >= inner.config.max_attempts {
+                        // Leave the cache at the store's state for whoever reads next.
+                        self.load_locked(&key).await?;
                         return Err(Error::Conflict {
                             key,
                             expected,
