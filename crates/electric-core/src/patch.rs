@@ -37,7 +37,9 @@ use crate::error::{Error, Result};
 /// yields one `replace` per shifted element plus an `add` at the end.
 pub fn diff(old: &Value, new: &Value) -> Patch {
     let mut ops = Vec::new();
-    diff_value(old, new, None, &mut ops);
+    if !std::ptr::eq(old, new) {
+        diff_value(old, new, None, &mut ops);
+    }
     Patch(ops)
 }
 
@@ -138,30 +140,77 @@ struct Path<'p, 'a> {
     seg: Seg<'a>,
 }
 
+/// Diffs two values at `path`.
+///
+/// Containers of the same kind are walked; anything else is compared shallowly and replaced
+/// as a whole when it differs.
+#[inline(always)]
 fn diff_value<'a>(
     old: &'a Value,
     new: &'a Value,
     path: Option<&Path<'_, 'a>>,
     ops: &mut Vec<PatchOperation>,
 ) {
-    if std::ptr::eq(old, new) {
-        return;
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => diff_object(o, n, path, ops),
+        (Value::Array(o), Value::Array(n)) => diff_array(o, n, path, ops),
+        _ => {
+            if !scalar_eq(old, new) {
+                ops.push(PatchOperation::Replace(ReplaceOperation {
+                    path: render(path),
+                    value: new.clone(),
+                }));
+            }
+        }
     }
-    let same = match (old, new) {
-        (Value::Object(o), Value::Object(n)) => return diff_object(o, n, path, ops),
-        (Value::Array(o), Value::Array(n)) => return diff_array(o, n, path, ops),
+}
+
+/// Equality of two values that are not both objects or both arrays (any such pair of
+/// different kinds is unequal).
+#[inline(always)]
+fn scalar_eq(old: &Value, new: &Value) -> bool {
+    match (old, new) {
         (Value::Null, Value::Null) => true,
         (Value::Bool(o), Value::Bool(n)) => o == n,
         (Value::Number(o), Value::Number(n)) => o == n,
-        (Value::String(o), Value::String(n)) => o == n,
+        (Value::String(o), Value::String(n)) => str_eq(o, n),
         _ => false,
-    };
-    if !same {
-        ops.push(PatchOperation::Replace(ReplaceOperation {
-            path: render(path),
-            value: new.clone(),
-        }));
     }
+}
+
+/// String equality tuned for the short keys and values of typical documents: a length check
+/// and at most two overlapping word compares, without calling into `memcmp`.
+#[inline(always)]
+fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    if len > 16 {
+        return a == b;
+    }
+    if len >= 8 {
+        return load8(a, 0) == load8(b, 0) && load8(a, len - 8) == load8(b, len - 8);
+    }
+    if len >= 4 {
+        return load4(a, 0) == load4(b, 0) && load4(a, len - 4) == load4(b, len - 4);
+    }
+    a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+#[inline(always)]
+fn load8(s: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[at..at + 8]);
+    u64::from_ne_bytes(w)
+}
+
+#[inline(always)]
+fn load4(s: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&s[at..at + 4]);
+    u32::from_ne_bytes(w)
 }
 
 fn diff_object<'a>(
@@ -170,6 +219,9 @@ fn diff_object<'a>(
     path: Option<&Path<'_, 'a>>,
     ops: &mut Vec<PatchOperation>,
 ) {
+    if std::ptr::eq(old, new) {
+        return;
+    }
     if !maps_are_sorted() {
         return diff_object_by_lookup(old, new, path, ops);
     }
@@ -180,8 +232,8 @@ fn diff_object<'a>(
     let mut n = new_it.next();
     loop {
         match (o, n) {
-            (Some((ok, ov)), Some((nk, nv))) => match ok.as_str().cmp(nk.as_str()) {
-                Ordering::Equal => {
+            (Some((ok, ov)), Some((nk, nv))) => {
+                if str_eq(ok, nk) {
                     let child = Path {
                         parent: path,
                         seg: Seg::Key(ok),
@@ -189,16 +241,14 @@ fn diff_object<'a>(
                     diff_value(ov, nv, Some(&child), ops);
                     o = old_it.next();
                     n = new_it.next();
-                }
-                Ordering::Less => {
+                } else if ok.as_bytes() < nk.as_bytes() {
                     push_remove(path, Seg::Key(ok), ops);
                     o = old_it.next();
-                }
-                Ordering::Greater => {
+                } else {
                     push_add(path, Seg::Key(nk), nv, ops);
                     n = new_it.next();
                 }
-            },
+            }
             (Some((ok, _)), None) => {
                 push_remove(path, Seg::Key(ok), ops);
                 o = old_it.next();
@@ -258,6 +308,9 @@ fn diff_array<'a>(
     path: Option<&Path<'_, 'a>>,
     ops: &mut Vec<PatchOperation>,
 ) {
+    if std::ptr::eq(old, new) {
+        return;
+    }
     let common = old.len().min(new.len());
     for (i, (ov, nv)) in old.iter().zip(new).enumerate() {
         let child = Path {
@@ -540,7 +593,29 @@ mod tests {
                 {"op": "add", "path": "/日本~0", "value": 1},
             ])
         );
-        check(json!({"": {"": {"": 1}}}), json!({"": {"": {"": 2, "a": 3}}}));
+        check(
+            json!({"": {"": {"": 1}}}),
+            json!({"": {"": {"": 2, "a": 3}}}),
+        );
+    }
+
+    #[test]
+    fn str_eq_agrees_with_std() {
+        let base: String = "abcdefghijklmnopqrstuvwxyzé0123456789".into();
+        for len in 0..base.len() {
+            let Some(a) = base.get(..len) else { continue };
+            assert!(str_eq(a, a) && str_eq(a, &a.to_owned()));
+            for (at, c) in a.char_indices() {
+                let mut b = a.to_owned();
+                let other = if c.is_ascii() { "#" } else { "ü" };
+                b.replace_range(at..at + c.len_utf8(), other);
+                assert_eq!(b.len(), a.len());
+                assert!(!str_eq(a, &b), "{a:?} vs {b:?}");
+            }
+            if let Some(shorter) = base.get(..len.saturating_sub(1)) {
+                assert_eq!(str_eq(a, shorter), a == shorter);
+            }
+        }
     }
 
     #[test]
@@ -615,7 +690,10 @@ mod tests {
     #[test]
     fn sizes_match_serialization() {
         let v = json!({"a": [1, 2.5, "x\"y\n\u{1}é"], "b": null, "c": {"~/": true}});
-        assert_eq!(json_size(&v), serde_json::to_vec(&v).map(|b| b.len()).unwrap_or(0));
+        assert_eq!(
+            json_size(&v),
+            serde_json::to_vec(&v).map(|b| b.len()).unwrap_or(0)
+        );
         let p = diff(&v, &json!({"a": [1], "c": {"~/": false}, "d": "日本"}));
         assert_eq!(
             patch_size(&p),

@@ -2,8 +2,8 @@
 //! reproduces the target, equal documents diff to nothing, and a failing patch leaves the
 //! document untouched.
 
-use electric_core::patch::{apply, diff, json_size, patch_size};
 use electric_core::delta::PatchOperation;
+use electric_core::patch::{apply, diff, json_size, patch_size};
 use electric_core::Patch;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -46,7 +46,8 @@ fn value() -> impl Strategy<Value = Value> {
 }
 
 fn object() -> impl Strategy<Value = Value> {
-    btree_map(key(), value(), 0..6).prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>()))
+    btree_map(key(), value(), 0..6)
+        .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>()))
 }
 
 /// Edits `v` in place, steered by `choices`, taking new material from `donor`: sets, removes
