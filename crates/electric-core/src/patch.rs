@@ -17,7 +17,6 @@
 //! - [`patch_size`] and [`json_size`] give serialized sizes without building the JSON text; the
 //!   manager uses them to choose between sending a patch and sending a snapshot.
 
-use std::cmp::Ordering;
 use std::io;
 use std::sync::OnceLock;
 
@@ -604,7 +603,8 @@ mod tests {
         let base: String = "abcdefghijklmnopqrstuvwxyzé0123456789".into();
         for len in 0..base.len() {
             let Some(a) = base.get(..len) else { continue };
-            assert!(str_eq(a, a) && str_eq(a, &a.to_owned()));
+            let copy = String::from(a);
+            assert!(str_eq(a, a) && str_eq(a, &copy));
             for (at, c) in a.char_indices() {
                 let mut b = a.to_owned();
                 let other = if c.is_ascii() { "#" } else { "ü" };
