@@ -229,6 +229,19 @@ fn diff_object<'a>(
     let mut new_it = new.iter();
     let mut o = old_it.next();
     let mut n = new_it.next();
+    // Fast path while both maps hold the same keys (the usual case).
+    while let (Some((ok, ov)), Some((nk, nv))) = (o, n) {
+        if !str_eq(ok, nk) {
+            break;
+        }
+        let child = Path {
+            parent: path,
+            seg: Seg::Key(ok),
+        };
+        diff_value(ov, nv, Some(&child), ops);
+        o = old_it.next();
+        n = new_it.next();
+    }
     loop {
         match (o, n) {
             (Some((ok, ov)), Some((nk, nv))) => {
