@@ -53,10 +53,13 @@ pub fn apply(doc: &mut Value, ops: &Patch) -> Result<()> {
     let failed = |e: json_patch::PatchError| Error::PatchFailed {
         reason: e.to_string(),
     };
-    if ops.iter().any(moves_to_ancestor) {
-        // json_patch 5.0 rolls a failed patch back by applying an undo log, but the undo of a
-        // `move` from a location to one of its ancestors is itself an invalid move, and
-        // `json_patch::patch` then panics. Work on a copy for such (rare) patches instead.
+    if ops.iter().any(|op| matches!(op, PatchOperation::Move(_))) {
+        // `json_patch::patch` cannot roll back every failed `move` (json-patch 5.0):
+        // - a `move` whose `from` resolves but whose `path` does not has already removed the
+        //   value when it fails, and that removal is never undone (the value is lost);
+        // - undoing a `move` from a location to one of its ancestors is itself an invalid move,
+        //   and `json_patch::patch` panics.
+        // Patches with moves (never produced by `diff`) therefore run on a copy.
         let mut scratch = doc.clone();
         json_patch::patch_unsafe(&mut scratch, ops).map_err(failed)?;
         *doc = scratch;
@@ -64,14 +67,6 @@ pub fn apply(doc: &mut Value, ops: &Patch) -> Result<()> {
     }
     // Rolls `doc` back on error.
     json_patch::patch(doc, ops).map_err(failed)
-}
-
-/// Whether `op` moves a value onto one of its own ancestors (`from` strictly below `path`).
-fn moves_to_ancestor(op: &PatchOperation) -> bool {
-    match op {
-        PatchOperation::Move(m) => m.from.len() != m.path.len() && m.from.starts_with(&m.path),
-        _ => false,
-    }
 }
 
 /// The length in bytes of `ops` serialized as compact JSON (as in a delta's `ops` field).
@@ -698,6 +693,20 @@ mod tests {
         )
         .expect("applies");
         assert_eq!(doc, json!({"a": {"c": 1}, "x": 1}));
+    }
+
+    #[test]
+    fn apply_failure_of_a_move_to_a_bad_path_keeps_the_value() {
+        // json_patch::patch removes `from`, fails to add at `path` and never puts it back.
+        let orig = json!({"a": [1, 2], "b": null});
+        let mut doc = orig.clone();
+        let err = apply(
+            &mut doc,
+            &ops(json!([{"op": "move", "from": "/a", "path": "/b/c"}])),
+        )
+        .expect_err("must fail");
+        assert!(matches!(err, Error::PatchFailed { .. }), "{err}");
+        assert_eq!(doc, orig);
     }
 
     #[test]

@@ -140,6 +140,47 @@ fn check_pair(a: &Value, b: &Value) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Every pointer into `v` (escaped), plus the append position `-` of every array.
+fn pointers(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    out.push(prefix.to_owned());
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                let esc = k.replace('~', "~0").replace('/', "~1");
+                pointers(child, &format!("{prefix}/{esc}"), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter().enumerate() {
+                pointers(child, &format!("{prefix}/{i}"), out);
+            }
+            out.push(format!("{prefix}/-"));
+        }
+        _ => {}
+    }
+}
+
+/// A random operation over `paths` (pointers into the document before any operation ran, so
+/// later operations may well no longer apply).
+fn random_op(
+    kind: u8,
+    path: &prop::sample::Index,
+    from: &prop::sample::Index,
+    value: &Value,
+    paths: &[String],
+) -> Value {
+    let path = path.get(paths);
+    let from = from.get(paths);
+    match kind % 6 {
+        0 => json!({"op": "add", "path": path, "value": value}),
+        1 => json!({"op": "remove", "path": path}),
+        2 => json!({"op": "replace", "path": path, "value": value}),
+        3 => json!({"op": "move", "from": from, "path": path}),
+        4 => json!({"op": "copy", "from": from, "path": path}),
+        _ => json!({"op": "test", "path": path, "value": value}),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 512,
@@ -167,5 +208,40 @@ proptest! {
         }
         check_pair(&a, &b)?;
         check_pair(&b, &a)?;
+    }
+
+    /// Any patch, valid or not: `apply` either succeeds exactly like a plain application or
+    /// fails leaving the document untouched (and never panics).
+    #[test]
+    fn apply_is_all_or_nothing(
+        a in object(),
+        picks in vec(
+            (any::<u8>(), any::<prop::sample::Index>(), any::<prop::sample::Index>(), leaf()),
+            1..6,
+        ),
+    ) {
+        let mut paths = Vec::new();
+        pointers(&a, "", &mut paths);
+        paths.push("/missing".to_owned());
+        let raw: Vec<Value> = picks
+            .iter()
+            .map(|(kind, path, from, value)| random_op(*kind, path, from, value, &paths))
+            .collect();
+        let patch: Patch = serde_json::from_value(Value::Array(raw))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+
+        let mut plain = a.clone();
+        let plain_result = json_patch::patch_unsafe(&mut plain, &patch);
+        let mut doc = a.clone();
+        match apply(&mut doc, &patch) {
+            Ok(()) => {
+                prop_assert!(plain_result.is_ok(), "plain application failed: {:?}", plain_result);
+                prop_assert_eq!(&doc, &plain);
+            }
+            Err(e) => {
+                prop_assert!(plain_result.is_err(), "apply failed ({}) but plain application did not", e);
+                prop_assert_eq!(&doc, &a, "failed patch {} changed the document", patch);
+            }
+        }
     }
 }
