@@ -117,12 +117,19 @@ fn fn_doc(h: &mut u64, version: u64, book: &OrderBook) {
     fnv(h, &serde_json::to_vec(book).unwrap_or_default());
 }
 
-async fn store_checksum(store: &MemoryStore, m: &DataManager<OrderBook>, docs: usize) -> anyhow::Result<(String, u64)> {
+async fn store_checksum(
+    store: &MemoryStore,
+    m: &DataManager<OrderBook>,
+    docs: usize,
+) -> anyhow::Result<(String, u64)> {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     let mut seq_total = 0;
     for i in 0..docs {
         let key = m.key(&doc_id(i))?;
-        let snap = store.load(&key).await?.context("document missing from the store")?;
+        let snap = store
+            .load(&key)
+            .await?
+            .context("document missing from the store")?;
         let book: OrderBook = serde_json::from_value(serde_json::Value::Object(snap.doc))?;
         seq_total += book.seq;
         fn_doc(&mut h, snap.stamp.version, &book);
@@ -149,8 +156,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     ensure!(args.replicas >= 1, "--replicas must be at least 1");
     ensure!(args.docs >= 1, "--docs must be at least 1");
     ensure!(args.writers >= 1, "--writers must be at least 1");
-    ensure!(args.seconds.is_finite() && args.seconds > 0.0, "--seconds must be positive");
-    ensure!(args.settle.is_finite() && args.settle >= 0.0, "--settle must not be negative");
+    ensure!(
+        args.seconds.is_finite() && args.seconds > 0.0,
+        "--seconds must be positive"
+    );
+    ensure!(
+        args.settle.is_finite() && args.settle >= 0.0,
+        "--settle must not be negative"
+    );
     for (name, p) in [("--loss", args.loss), ("--jitter", args.jitter)] {
         ensure!((0.0..=1.0).contains(&p), "{name} must be between 0 and 1");
     }
@@ -208,7 +221,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let run_for = Duration::from_secs_f64(args.seconds);
     let tty = std::io::stderr().is_terminal();
     while started.elapsed() < run_for {
-        tokio::time::sleep(Duration::from_millis(500).min(run_for.saturating_sub(started.elapsed()))).await;
+        tokio::time::sleep(
+            Duration::from_millis(500).min(run_for.saturating_sub(started.elapsed())),
+        )
+        .await;
         let stats: Vec<_> = managers.iter().map(|m| m.stats()).collect();
         let (committed, applied, _, conflicts, repairs) = sum_stats(&stats);
         let line = format!(
@@ -217,7 +233,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             repairs.total()
         );
         let mut err = std::io::stderr().lock();
-        let _ = if tty { write!(err, "\r{line}") } else { writeln!(err, "{line}") };
+        let _ = if tty {
+            write!(err, "\r{line}")
+        } else {
+            writeln!(err, "{line}")
+        };
         let _ = err.flush();
     }
     stop.store(true, Ordering::Relaxed);
@@ -309,8 +329,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_human(r: &Report) {
-    println!("Electric demo — {} replicas, {} order books (~3.5 KB), {:.1} s, {} store", r.replicas, r.docs, r.seconds, r.store);
-    println!("  updates committed   {:>10}  ({:.0}/s)", r.committed, r.updates_per_sec);
+    println!(
+        "Electric demo — {} replicas, {} order books (~3.5 KB), {:.1} s, {} store",
+        r.replicas, r.docs, r.seconds, r.store
+    );
+    println!(
+        "  updates committed   {:>10}  ({:.0}/s)",
+        r.committed, r.updates_per_sec
+    );
     println!("  deltas applied      {:>10}", r.applied);
     println!("  duplicates ignored  {:>10}", r.duplicates_ignored);
     println!("  conflicts retried   {:>10}", r.conflicts_retried);
@@ -339,7 +365,10 @@ fn print_human(r: &Report) {
         );
     }
     if r.converged {
-        println!("CONVERGED in {} ms: every replica equals the store, no update lost", r.converge_ms);
+        println!(
+            "CONVERGED in {} ms: every replica equals the store, no update lost",
+            r.converge_ms
+        );
     } else {
         println!("NOT CONVERGED after {} ms", r.converge_ms);
     }

@@ -5,7 +5,16 @@ use std::process::Command;
 #[test]
 fn demo_json_report_converges() {
     let out = Command::new(env!("CARGO_BIN_EXE_electric"))
-        .args(["demo", "--seconds", "1", "--replicas", "3", "--docs", "8", "--json"])
+        .args([
+            "demo",
+            "--seconds",
+            "1",
+            "--replicas",
+            "3",
+            "--docs",
+            "8",
+            "--json",
+        ])
         .output()
         .expect("run electric demo");
     assert!(
@@ -23,7 +32,9 @@ fn demo_json_report_converges() {
     for reason in ["gap", "trimmed", "epoch", "reconnect", "anti_entropy"] {
         assert!(repairs[reason].is_u64(), "repairs.{reason}");
     }
-    let replicas = report["replica_reports"].as_array().expect("replica reports");
+    let replicas = report["replica_reports"]
+        .as_array()
+        .expect("replica reports");
     assert_eq!(replicas.len(), 3);
     for r in replicas {
         assert_eq!(r["checksum"], report["store_checksum"]);
