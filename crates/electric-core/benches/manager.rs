@@ -55,6 +55,12 @@ fn get_hit(c: &mut Criterion) {
             black_box(baseline.read().unwrap().get(&ids[i]).cloned())
         })
     });
+    group.bench_function("data_manager_cached", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            black_box(m.cached(&ids[i]))
+        })
+    });
     group.bench_function("data_manager_get", |b| {
         b.iter(|| {
             i = (i + 7919) % KEYS;
