@@ -42,3 +42,8 @@
 #![warn(missing_docs)]
 
 pub use electric_core::*;
+
+/// The README's code blocks, compiled and run as doc tests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
