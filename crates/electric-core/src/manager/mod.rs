@@ -1,5 +1,6 @@
 //! [`DataManager`]: a typed, cached, optimistically-concurrent view of one section's documents.
 
+mod cache;
 mod events;
 mod locks;
 
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use compact_str::CompactString;
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,6 +27,7 @@ use crate::patch;
 use crate::store::{Changes, Commit, CommitOutcome, Snapshot, Store};
 use crate::version::{Stamp, Version};
 
+use cache::DocCache;
 use events::Counters;
 pub use events::{
     ChangeCause, ChangeEvent, EventItem, EventStream, ManagerStats, Missed, RepairCounts,
@@ -319,9 +320,7 @@ impl<T: Document> DataManagerBuilder<T> {
                 store: self.store,
                 section,
                 origin,
-                cache: papaya::HashMap::builder()
-                    .hasher(foldhash::fast::RandomState::default())
-                    .build(),
+                cache: DocCache::new(),
                 locks: KeyLocks::default(),
                 clock: Clock::new(),
                 events: broadcast::channel(c.event_capacity).0,
@@ -357,15 +356,13 @@ impl Clock {
     }
 }
 
-/// Keys are `CompactString`s: ids up to 24 bytes live inside the map's entry, so a hit does not
-/// chase a separate heap allocation to compare the key.
-type Cache<T> = papaya::HashMap<CompactString, Arc<Entry<T>>, foldhash::fast::RandomState>;
+
 
 struct Inner<T> {
     store: Arc<dyn Store>,
     section: SectionId,
     origin: String,
-    cache: Cache<T>,
+    cache: DocCache<Entry<T>>,
     locks: KeyLocks,
     clock: Clock,
     events: broadcast::Sender<ChangeEvent>,
@@ -477,15 +474,12 @@ impl<T: Document> DataManager<T> {
 
     /// The cached document, without touching the store. Lock-free.
     pub fn cached(&self, id: &str) -> Option<Doc<T>> {
-        let cache = self.inner.cache.pin();
-        let entry = cache.get(id)?;
+        let entry = self.inner.cache.get(id)?;
         let now = self.inner.clock.now();
         if entry.touched.load(Ordering::Relaxed) != now {
             entry.touched.store(now, Ordering::Relaxed);
         }
-        Some(Doc {
-            entry: entry.clone(),
-        })
+        Some(Doc { entry })
     }
 
     /// The document, from the cache (lock-free) or, on a miss, loaded once from the store however
@@ -739,7 +733,7 @@ impl<T: Document> DataManager<T> {
         let key = self.key(id)?;
         let _guard = self.inner.locks.lock(id).await;
         let existed = self.inner.store.delete(&key, &self.inner.origin).await?;
-        if self.inner.cache.pin().remove(id).is_some() || existed {
+        if self.inner.cache.remove(id) || existed {
             self.emit(&key, None, || ChangeCause::Deleted);
         }
         Ok(existed)
@@ -748,7 +742,7 @@ impl<T: Document> DataManager<T> {
     /// Drops document `id` from the local cache (the next read loads it). Returns whether it was
     /// cached.
     pub fn remove_from_cache(&self, id: &str) -> bool {
-        self.inner.cache.pin().remove(id).is_some()
+        self.inner.cache.remove(id)
     }
 
     /// Drops every cached document not read or written for `max_idle` (the original's data
@@ -756,10 +750,10 @@ impl<T: Document> DataManager<T> {
     pub fn flush_idle(&self, max_idle: Duration) -> usize {
         let now = self.inner.clock.refresh();
         let limit = max_idle.as_millis() as u64;
-        let cache = self.inner.cache.pin();
-        let before = cache.len();
-        cache.retain(|_, e| now.saturating_sub(e.touched.load(Ordering::Relaxed)) <= limit);
-        let flushed = before.saturating_sub(cache.len());
+        let flushed = self
+            .inner
+            .cache
+            .retain(|e| now.saturating_sub(e.touched.load(Ordering::Relaxed)) <= limit);
         self.inner
             .counters
             .flushed
@@ -771,8 +765,8 @@ impl<T: Document> DataManager<T> {
     pub fn cached_stamps(&self) -> Vec<(String, Option<Stamp>)> {
         self.inner
             .cache
-            .pin()
-            .iter()
+            .entries()
+            .into_iter()
             .map(|(k, e)| (k.to_string(), e.stamp))
             .collect()
     }
@@ -839,18 +833,17 @@ impl<T: Document> DataManager<T> {
     /// touched of a sample of 32, never `id` itself) while over capacity.
     fn put(&self, id: &str, entry: Entry<T>) -> Doc<T> {
         let entry = Arc::new(entry);
-        let cache = self.inner.cache.pin();
-        cache.insert(CompactString::from(id), entry.clone());
+        let cache = &self.inner.cache;
+        cache.insert(id, entry.clone());
         while cache.len() > self.inner.config.max_entries {
             let victim = cache
-                .iter()
-                .take(32)
-                .filter(|(k, _)| k.as_str() != id)
-                .min_by_key(|(_, e)| e.touched.load(Ordering::Relaxed))
-                .map(|(k, _)| k.clone());
-            let Some(victim) = victim else { break };
-            cache.remove(&victim);
-            Counters::bump(&self.inner.counters.evicted);
+                .sample(32, id)
+                .into_iter()
+                .min_by_key(|(_, e)| e.touched.load(Ordering::Relaxed));
+            let Some((victim, _)) = victim else { break };
+            if cache.remove(&victim) {
+                Counters::bump(&self.inner.counters.evicted);
+            }
         }
         Doc { entry }
     }
@@ -877,12 +870,12 @@ impl<T: Document> DataManager<T> {
                 Ok(doc) => Ok(Some(doc)),
                 Err(e) => {
                     // Never leave a stale value behind a document we cannot read.
-                    self.inner.cache.pin().remove(key.id());
+                    self.inner.cache.remove(key.id());
                     Err(e)
                 }
             },
             None => {
-                self.inner.cache.pin().remove(key.id());
+                self.inner.cache.remove(key.id());
                 Ok(None)
             }
         }
@@ -942,7 +935,7 @@ impl<T: Document> DataManager<T> {
             }
             match d.kind {
                 DeltaKind::Delete => {
-                    self.inner.cache.pin().remove(d.key.id());
+                    self.inner.cache.remove(d.key.id());
                     return (true, true);
                 }
                 DeltaKind::Snapshot => {}
@@ -991,7 +984,7 @@ impl<T: Document> DataManager<T> {
         };
         match changes {
             Changes::Missing => {
-                self.inner.cache.pin().remove(key.id());
+                self.inner.cache.remove(key.id());
                 self.inner.counters.repaired(trigger);
                 self.emit(key, None, || ChangeCause::Deleted);
                 Ok(true)
@@ -1048,7 +1041,7 @@ impl<T: Document> DataManager<T> {
         let same_epoch = delta.epoch == stamp.epoch;
         match delta.kind {
             DeltaKind::Delete if same_epoch && delta.version > stamp.version => {
-                self.inner.cache.pin().remove(id);
+                self.inner.cache.remove(id);
                 Counters::bump(&c.applied);
                 self.emit(&delta.key, None, || ChangeCause::Deleted);
             }
