@@ -15,7 +15,7 @@ pub mod version;
 pub use delta::{Delta, DeltaKind, Patch, SharedDelta};
 pub use error::{Error, Result};
 pub use key::{Key, SectionId};
-pub use manager::{DataManager, Doc, Document, UpdateOutcome};
+pub use manager::{DataManager, Doc, Document, Get, UpdateOutcome};
 pub use store::{
     Changes, Commit, CommitOutcome, MemoryStore, Snapshot, Store, Subscription, SubscriptionEvent,
 };

@@ -134,31 +134,30 @@ impl<T> Doc<T> {
 /// The future of [`DataManager::get`]: ready at once on a cache hit (no allocation, nothing
 /// to copy), a boxed load on a miss.
 #[must_use = "futures do nothing unless polled"]
-pub enum Get<'a, T> {
-    /// Answered from the cache.
-    #[doc(hidden)]
+pub struct Get<'a, T>(GetState<'a, T>);
+
+enum GetState<'a, T> {
     Hit(Option<Doc<T>>),
-    /// Loading from the store.
-    #[doc(hidden)]
     Miss(futures_util::future::BoxFuture<'a, Result<Option<Doc<T>>>>),
 }
 
 impl<T> Future for Get<'_, T> {
     type Output = Result<Option<Doc<T>>>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Get::Hit(doc) => Poll::Ready(Ok(doc.take())),
-            Get::Miss(fut) => fut.as_mut().poll(cx),
+        match &mut self.get_mut().0 {
+            GetState::Hit(doc) => Poll::Ready(Ok(doc.take())),
+            GetState::Miss(fut) => fut.as_mut().poll(cx),
         }
     }
 }
 
 impl<T> fmt::Debug for Get<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Get::Hit(_) => "Get::Hit",
-            Get::Miss(_) => "Get::Miss",
+        f.write_str(match self.0 {
+            GetState::Hit(_) => "Get(hit)",
+            GetState::Miss(_) => "Get(loading)",
         })
     }
 }
@@ -356,8 +355,6 @@ impl Clock {
     }
 }
 
-
-
 struct Inner<T> {
     store: Arc<dyn Store>,
     section: SectionId,
@@ -473,6 +470,7 @@ impl<T: Document> DataManager<T> {
     }
 
     /// The cached document, without touching the store. Lock-free.
+    #[inline]
     pub fn cached(&self, id: &str) -> Option<Doc<T>> {
         let entry = self.inner.cache.get(id)?;
         let now = self.inner.clock.now();
@@ -489,10 +487,11 @@ impl<T: Document> DataManager<T> {
     ///
     /// [`Error::InvalidKey`] for a bad id; store errors; [`Error::Serde`] when the stored document
     /// does not deserialize into `T`.
+    #[inline]
     pub fn get<'a>(&'a self, id: &'a str) -> Get<'a, T> {
         match self.cached(id) {
-            Some(doc) => Get::Hit(Some(doc)),
-            None => Get::Miss(Box::pin(self.get_miss(id))),
+            Some(doc) => Get(GetState::Hit(Some(doc))),
+            None => Get(GetState::Miss(Box::pin(self.get_miss(id)))),
         }
     }
 
