@@ -666,10 +666,10 @@ impl<T: Document> DataManager<T> {
         let snapshot = expected.is_none()
             || ops.0.iter().any(|op| op.path().is_root())
             || patch::patch_size(&ops) as f64 > config.snapshot_ratio * doc_size as f64;
-        let (Value::Object(new_map), Value::Object(old_map)) = (&new_json, old_json) else {
+        let (Value::Object(new_map), Value::Object(old_map)) = (new_json, old_json) else {
             unreachable!("to_object returned objects");
         };
-        let fields = if snapshot {
+        if snapshot {
             let mut fields: Vec<(String, Option<Value>)> = new_map
                 .iter()
                 .map(|(k, v)| (k.clone(), Some(v.clone())))
@@ -680,28 +680,33 @@ impl<T: Document> DataManager<T> {
                     .filter(|k| !new_map.contains_key(*k))
                     .map(|k| (k.clone(), None)),
             );
-            fields
-        } else {
-            let mut names: Vec<String> = ops
-                .0
-                .iter()
-                .filter_map(|op| top_member(op.path()))
-                .collect();
-            names.sort_unstable();
-            names.dedup();
-            names
-                .into_iter()
-                .map(|n| {
-                    let v = new_map.get(&n).cloned();
-                    (n, v)
-                })
-                .collect()
-        };
-        let (kind, ops) = if snapshot {
-            (DeltaKind::Snapshot, Delta::snapshot_ops(new_json))
-        } else {
-            (DeltaKind::Patch, ops)
-        };
+            return Commit {
+                key: key.clone(),
+                expected,
+                fields,
+                kind: DeltaKind::Snapshot,
+                ops: Delta::snapshot_ops(Value::Object(new_map)),
+                origin: self.inner.origin.clone(),
+                ttl: config.ttl,
+            };
+        }
+        // A patch writes only the top-level members it touches, moved out of the new document.
+        let mut new_map = new_map;
+        let mut names: Vec<String> = ops
+            .0
+            .iter()
+            .filter_map(|op| top_member(op.path()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let fields = names
+            .into_iter()
+            .map(|n| {
+                let v = new_map.remove(&n);
+                (n, v)
+            })
+            .collect();
+        let kind = DeltaKind::Patch;
         Commit {
             key: key.clone(),
             expected,
