@@ -572,7 +572,9 @@ impl<T: Document> DataManager<T> {
     ///
     /// [`Error::Conflict`] when every attempt lost; [`Error::NotFound`] for a missing key whose
     /// type has no empty value; [`Error::NotAnObject`] / [`Error::Serde`] when `T` does not
-    /// serialize to a JSON object; [`Error::DocumentTooLarge`]; store errors.
+    /// serialize to a JSON object; [`Error::DocumentTooLarge`]; store errors. A store error
+    /// during the commit itself is returned, not retried: the commit may or may not have
+    /// happened, and re-running the closure could apply it twice.
     pub async fn update<F>(&self, id: &str, mut f: F) -> Result<UpdateOutcome>
     where
         F: FnMut(&mut T),
