@@ -3,7 +3,7 @@
 //! Run it with [`store_conformance!`](crate::store_conformance), giving an async expression
 //! that yields `Option<StoreUnderTest>` (`None` skips, e.g. when a server is unreachable):
 //!
-//! ```ignore
+//! ```text
 //! electric_testkit::store_conformance!(async {
 //!     Some(electric_testkit::conformance::StoreUnderTest {
 //!         store: std::sync::Arc::new(electric_core::MemoryStore::builder().log_capacity(8).build().unwrap()),

@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::key::{Key, SectionId};
 use crate::version::{Epoch, Stamp, Version};
 
-pub use memory::{MemoryStore, MemoryStoreBuilder};
+pub use memory::{MemoryStore, MemoryStoreBuilder, DEFAULT_CHANNEL_CAPACITY, DEFAULT_LOG_CAPACITY};
 
 /// A whole document as stored.
 #[derive(Clone, Debug, PartialEq)]
