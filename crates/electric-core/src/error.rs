@@ -113,6 +113,12 @@ pub enum Error {
         /// What the backend reported.
         reason: String,
     },
+    /// A bounded store is full: creating another document was refused (nothing was written).
+    #[error("store is full: {limit} documents")]
+    StoreFull {
+        /// The configured maximum number of documents.
+        limit: usize,
+    },
     /// The component was shut down.
     #[error("shut down")]
     Shutdown,

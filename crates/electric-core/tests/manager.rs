@@ -513,3 +513,18 @@ fn futures_are_send() {
     is_send(async move { m2.anti_entropy(RepairReason::AntiEntropy).await });
     is_send(m.changes());
 }
+
+#[tokio::test]
+async fn a_full_store_refuses_new_documents_and_keeps_the_rest() {
+    let store = Arc::new(MemoryStore::builder().max_documents(2).build().unwrap());
+    let m = manager(&store);
+    let _ = m.update("a", |c| c.n = 1).await.unwrap();
+    let _ = m.update("b", |c| c.n = 1).await.unwrap();
+    let err = m.update("c", |c| c.n = 1).await.unwrap_err();
+    assert!(matches!(err, Error::StoreFull { limit: 2 }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(m.get("c").await.unwrap().is_none());
+    // Existing documents still take updates.
+    assert_eq!(m.update("a", |c| c.n = 2).await.unwrap().version(), 2);
+    assert!(MemoryStore::builder().max_documents(0).build().is_err());
+}

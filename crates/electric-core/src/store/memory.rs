@@ -20,6 +20,8 @@ use crate::version::{now_millis, Epoch, Stamp, Version};
 pub const DEFAULT_LOG_CAPACITY: usize = 1000;
 /// Default number of deltas buffered per section channel for each subscriber.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
+/// Default maximum number of live documents.
+pub const DEFAULT_MAX_DOCUMENTS: usize = 1_000_000;
 
 /// A store held in process memory, shareable by any number of managers (clone it: clones share
 /// the same data).
@@ -29,7 +31,9 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
 ///   [`Store::changes_since`] reports [`Changes::Trimmed`];
 /// - each section channel buffers `channel_capacity` deltas per subscriber; a subscriber that
 ///   falls further behind loses the oldest ones and receives [`SubscriptionEvent::Lagged`] with
-///   the number lost, so it can resynchronise from the log.
+///   the number lost, so it can resynchronise from the log;
+/// - it holds at most `max_documents` live documents; a commit that would create one more fails
+///   with [`Error::StoreFull`] and writes nothing (expired documents are swept first).
 ///
 /// # Examples
 ///
@@ -65,6 +69,7 @@ struct Inner {
     channels: Mutex<HashMap<SectionId, broadcast::Sender<SharedDelta>>>,
     log_capacity: usize,
     channel_capacity: usize,
+    max_documents: usize,
 }
 
 #[derive(Default)]
@@ -100,6 +105,7 @@ impl Doc {
 pub struct MemoryStoreBuilder {
     log_capacity: usize,
     channel_capacity: usize,
+    max_documents: usize,
 }
 
 impl MemoryStoreBuilder {
@@ -115,13 +121,19 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// Most live documents held (default [`DEFAULT_MAX_DOCUMENTS`]; at least 1).
+    pub fn max_documents(mut self, n: usize) -> Self {
+        self.max_documents = n;
+        self
+    }
+
     /// Validates the settings and builds the store.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for a zero capacity.
     pub fn build(self) -> Result<MemoryStore> {
-        if self.log_capacity == 0 || self.channel_capacity == 0 {
+        if self.log_capacity == 0 || self.channel_capacity == 0 || self.max_documents == 0 {
             return Err(Error::InvalidConfig(
                 "memory store capacities must be at least 1".into(),
             ));
@@ -132,6 +144,7 @@ impl MemoryStoreBuilder {
                 channels: Mutex::default(),
                 log_capacity: self.log_capacity,
                 channel_capacity: self.channel_capacity,
+                max_documents: self.max_documents,
             }),
         })
     }
@@ -171,6 +184,7 @@ impl MemoryStore {
         MemoryStoreBuilder {
             log_capacity: DEFAULT_LOG_CAPACITY,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            max_documents: DEFAULT_MAX_DOCUMENTS,
         }
     }
 
@@ -250,6 +264,14 @@ impl Store for MemoryStore {
         let actual = docs.map.get(&commit.key).map(Doc::stamp);
         if actual != commit.expected {
             return Ok(CommitOutcome::Conflict { actual });
+        }
+        if actual.is_none() && docs.map.len() >= self.inner.max_documents {
+            docs.map.retain(|_, d| !d.expired(now));
+            if docs.map.len() >= self.inner.max_documents {
+                return Err(Error::StoreFull {
+                    limit: self.inner.max_documents,
+                });
+            }
         }
         let change_time = now_millis();
         let doc = docs.map.entry(commit.key.clone()).or_insert_with(|| Doc {
