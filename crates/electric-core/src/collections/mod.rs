@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `MemoryCacheHelper` | [`cache::MemoryCache`](crate::cache::MemoryCache) | built on moka; single flight always (no `withLock` flag, no per-key semaphore entries); failed loads are not cached; counters |
 //! | `ObjectPool<T>` | [`pool::Pool::new`] | bounded, reset hook, counters |
-//! | `ObjectPoolNoCreate<T>` | [`pool::Pool::without_factory`] | `try_get` returns `None` when empty |
+//! | `ObjectPoolNoCreate<T>` | [`pool::ReusePool`] | `try_get` returns `None` when empty |
 //! | `ConcurrentObservableDictionary` | [`observable_map::ObservableMap`] | `Replace` only when the value changed; bounded event fan-out; a key stream with a gap-free, duplicate-free hand-off |
 //! | `NotifyCollectionChangedEventReceiver` | [`observable_map::ObservableMap::subscribe`] | bounded; a lagging subscriber is told and resynchronised instead of growing a buffer |
 //! | `AutoConcurrentPartitionedQueue` (V1 and V2), `ConcurrentObservablePartitionedQueue`, `PartitionedConcurrentConsumer` | [`partitioned_queue::PartitionedQueue`] | one design: direct per-key queues, batches, a cap on parallel keys, per-key bound with wait / drop-newest / drop-oldest (every drop counted), idle partitions retired after a timeout without enqueue spin loops, handler errors and panics reported |
@@ -30,8 +30,8 @@ pub mod rate_limit;
 
 // pub use observable_map::ObservableMap;
 pub use partitioned_queue::PartitionedQueue;
-// pub use pool::Pool;
-// pub use priority_queue::PriorityQueue;
+pub use pool::{Pool, ReusePool};
+pub use priority_queue::PriorityQueue;
 // pub use rate_limit::PriorityRateLimiter;
 
 /// Synchronisation primitives, swapped for loom's under `--cfg loom` so the hand-written parts
