@@ -28,7 +28,7 @@ pub mod pool;
 pub mod priority_queue;
 pub mod rate_limit;
 
-// pub use observable_map::ObservableMap;
+pub use observable_map::ObservableMap;
 pub use partitioned_queue::PartitionedQueue;
 pub use pool::{Pool, ReusePool};
 pub use priority_queue::PriorityQueue;
