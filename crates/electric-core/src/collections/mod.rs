@@ -32,7 +32,7 @@ pub use observable_map::ObservableMap;
 pub use partitioned_queue::PartitionedQueue;
 pub use pool::{Pool, ReusePool};
 pub use priority_queue::PriorityQueue;
-// pub use rate_limit::PriorityRateLimiter;
+pub use rate_limit::PriorityRateLimiter;
 
 /// Synchronisation primitives, swapped for loom's under `--cfg loom` so the hand-written parts
 /// can be model-checked.
