@@ -1252,6 +1252,8 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        type SeqLog = std::sync::Arc<StdMutex<HashMap<u32, Vec<(u32, u32)>>>>;
+
         proptest! {
             #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
             /// Per-key order holds under random interleavings of producers, keys, batch sizes
@@ -1268,7 +1270,7 @@ mod tests {
                     .build()
                     .expect("rt");
                 rt.block_on(async {
-                    let log: std::sync::Arc<StdMutex<HashMap<u32, Vec<(u32, u32)>>>> = Default::default();
+                    let log: SeqLog = Default::default();
                     let l2 = log.clone();
                     let mut b = PartitionedQueue::builder()
                         .max_batch(max_batch)
