@@ -34,12 +34,14 @@ pub use pool::{Pool, ReusePool};
 pub use priority_queue::PriorityQueue;
 pub use rate_limit::PriorityRateLimiter;
 
-/// Synchronisation primitives, swapped for loom's under `--cfg loom` so the hand-written parts
-/// can be model-checked.
+/// Synchronisation primitives, swapped for loom's under `--cfg electric_loom` so the
+/// hand-written parts can be model-checked. (A crate-specific name rather than `--cfg loom`:
+/// moka's dependency `event-listener` does not build under `--cfg loom`.) Run the models with
+/// `RUSTFLAGS="--cfg electric_loom" cargo test -p electric-core --lib --release loom_`.
 pub(crate) mod sync {
-    #[cfg(loom)]
+    #[cfg(electric_loom)]
     pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
-    #[cfg(not(loom))]
+    #[cfg(not(electric_loom))]
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 
     /// Locks `m`, ignoring poisoning: no code in this crate panics while holding a toolkit lock

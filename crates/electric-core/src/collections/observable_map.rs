@@ -520,7 +520,7 @@ impl<K: Clone, V: Clone> MapEvents<K, V> {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, electric_loom))]
 mod loom_tests {
     //! A model of the snapshot / subscribe hand-off with loom's primitives: the map's writers
     //! publish into subscriber queues while holding the map lock, and a subscriber registers its
@@ -593,7 +593,7 @@ mod loom_tests {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(electric_loom)))]
 mod tests {
     use super::*;
     use futures_util::StreamExt;

@@ -821,7 +821,7 @@ impl<K: Eq + Hash + Clone, T> Table<K, T> {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, electric_loom))]
 mod loom_tests {
     use super::*;
 
@@ -880,7 +880,7 @@ mod loom_tests {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(electric_loom)))]
 mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;

@@ -276,7 +276,7 @@ impl<T> ReusePool<T> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(electric_loom)))]
 mod tests {
     use super::*;
 

@@ -267,7 +267,7 @@ impl<T> PriorityQueue<T> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(electric_loom)))]
 mod tests {
     use super::*;
     use std::time::Duration;

@@ -229,7 +229,7 @@ async fn dispatch(inner: Arc<Inner>, interval: Duration, close: CancellationToke
     lock(&inner.waiters).clear();
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(electric_loom)))]
 mod tests {
     use super::*;
 
