@@ -528,6 +528,33 @@ mod tests {
         assert_eq!(*v, "up");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_loader_hands_over_to_a_waiter() {
+        let c = cache(60);
+        let c1 = c.clone();
+        // The first caller's load never finishes before it is cancelled.
+        let first = tokio::spawn(async move {
+            c1.get_or_load(1, || async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, String>(Arc::new("never".to_owned()))
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let c2 = c.clone();
+        let second = tokio::spawn(async move {
+            c2.get_or_load(1, || async {
+                Ok::<_, String>(Arc::new("second".to_owned()))
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        first.abort();
+        let v = second.await.expect("join").expect("load");
+        assert_eq!(*v, "second");
+        assert_eq!(c.stats().loads, 2);
+    }
+
     #[tokio::test]
     async fn remove_returns_value_and_clear_invalidates() {
         let c = cache(60);

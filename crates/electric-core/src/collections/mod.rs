@@ -64,3 +64,54 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "non-string panic payload".to_owned()
     }
 }
+
+/// Public futures and streams of the toolkit are `Send + 'static` (checked at compile time).
+#[cfg(all(test, not(electric_loom)))]
+mod send_checks {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cache::MemoryCache;
+    use crate::pipeline::Pipeline;
+    use crate::worker::{AutoWorker, BatchWorker};
+
+    fn is_send_static<T: Send + 'static>(_: &T) {}
+
+    #[tokio::test]
+    async fn futures_and_streams_are_send_and_static() {
+        let q = PartitionedQueue::builder()
+            .build(|_k: u8, _b: Vec<u8>| async { Ok::<_, BoxError>(()) })
+            .expect("queue");
+        let q2 = q.clone();
+        is_send_static(&async move { q2.enqueue(1, 1).await });
+        let q3 = q.clone();
+        is_send_static(&async move { q3.wait_idle().await });
+        let c = MemoryCache::<u8, u8>::builder().build().expect("cache");
+        is_send_static(&async move {
+            c.get_or_load(1, || async { Ok::<_, std::io::Error>(1) })
+                .await
+        });
+        let m = ObservableMap::<u8, u8>::new();
+        is_send_static(&m.key_stream());
+        let pq = PriorityQueue::<u8>::new(2, 2).expect("pq");
+        is_send_static(&async move { pq.pop().await });
+        let rl = PriorityRateLimiter::new(Duration::from_secs(1), 1).expect("rl");
+        is_send_static(&async move { rl.acquire(0).await });
+        let w = AutoWorker::builder()
+            .build(|x: u8| async move { Ok::<_, BoxError>(x) })
+            .expect("w");
+        is_send_static(&async move { w.submit(1).await });
+        let bw =
+            BatchWorker::builder()
+                .build(|b: Vec<u8>| async move {
+                    b.into_iter().map(Ok::<_, BoxError>).collect::<Vec<_>>()
+                })
+                .expect("bw");
+        is_send_static(&async move { bw.submit(1).await });
+        let p = Pipeline::build(1, |i| {
+            i.for_each("s", |_x: u8| async { Ok::<_, BoxError>(()) })
+        })
+        .expect("p");
+        is_send_static(&async move { p.send(1).await });
+    }
+}
