@@ -830,7 +830,10 @@ mod loom_tests {
     /// partition.
     #[test]
     fn push_vs_retire() {
-        loom::model(|| {
+        let mut model = loom::model::Builder::new();
+        // Bounded preemptions keep the search small; tokio's own models use 2 or 3.
+        model.preemption_bound = Some(3);
+        model.check(|| {
             let table = Arc::new(Table::<u8, u32>::new());
             let first = match table.push(&0, 0, None) {
                 Pushed::Queued { part, .. } => part,
@@ -866,16 +869,49 @@ mod loom_tests {
                 }
             });
             let mut got = worker.join().expect("worker");
-            for p in producers {
-                for part in p.join().expect("producer") {
-                    // A partition created after retirement: drain it as its worker would.
-                    while let Some(b) = part.take_batch(8) {
-                        got.extend(b);
-                    }
+            let created: Vec<_> = producers
+                .into_iter()
+                .flat_map(|p| p.join().expect("producer"))
+                .collect();
+            // At most one partition is created after the retirement (the table is locked while
+            // a partition is created or retired); drain it as its worker would.
+            assert!(created.len() <= 1);
+            for part in created {
+                while let Some(b) = part.take_batch(8) {
+                    got.extend(b);
                 }
             }
             got.sort_unstable();
             assert_eq!(got, vec![0, 1, 2]);
+        });
+    }
+    /// The worker-wakeup hand-off: a worker that found its queue empty marks itself waiting and
+    /// parks; a producer that pushes and sees the mark wakes it. No item is left behind with the
+    /// worker asleep. (loom's `Notify` stands in for tokio's, which also keeps one permit.)
+    #[test]
+    fn no_lost_wakeup() {
+        loom::model(|| {
+            let table = Arc::new(Table::<u8, u32>::new());
+            let part = match table.push(&0, 0, None) {
+                Pushed::Queued { part, .. } => part,
+                _ => unreachable!(),
+            };
+            let wake = Arc::new(loom::sync::Notify::new());
+            let (t, w) = (table.clone(), wake.clone());
+            let producer = loom::thread::spawn(move || {
+                if let Pushed::Queued { wake: true, .. } = t.push(&0, 1, None) {
+                    w.notify();
+                }
+            });
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                match part.take_batch(8) {
+                    Some(b) => got.extend(b),
+                    None => wake.wait(),
+                }
+            }
+            producer.join().expect("producer");
+            assert_eq!(got, vec![0, 1]);
         });
     }
 }
