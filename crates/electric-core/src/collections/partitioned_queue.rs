@@ -885,6 +885,7 @@ mod loom_tests {
             assert_eq!(got, vec![0, 1, 2]);
         });
     }
+
     /// The worker-wakeup hand-off: a worker that found its queue empty marks itself waiting and
     /// parks; a producer that pushes and sees the mark wakes it. No item is left behind with the
     /// worker asleep. (loom's `Notify` stands in for tokio's, which also keeps one permit.)
