@@ -9,9 +9,11 @@
 //!   cached: every waiter gets the same error (as an `Arc`) and the next call loads again.
 //!   (The original needed `withLock = true` for this, kept its per-key semaphores as cache
 //!   entries that could expire on their own, and stampeded without it.)
-//! - **Expiry is judged on tokio's clock** ([`tokio::time::Instant`]), so time-based behaviour is
-//!   testable with paused time. moka also evicts each entry after the same time to live on its
-//!   own clock, which bounds memory; an entry is never returned after its deadline.
+//! - **Expiry** is moka's: each entry carries its own time to live (the default or the one given
+//!   at insert or load) and is never returned after it. moka measures time with its own clock,
+//!   which tokio's paused time does not move; for tests with paused time, build the cache with
+//!   [`ExpiryClock::Tokio`] and entries are also judged against [`tokio::time::Instant`]. That
+//!   costs a clock read per hit, so the default is [`ExpiryClock::Moka`].
 //! - **Clearing** ([`MemoryCache::clear`]) invalidates every entry present at the call without
 //!   blocking: readers that already hold a value keep it (values are clones, typically `Arc`s).
 //!
@@ -80,24 +82,41 @@ struct Counters {
     load_failures: AtomicU64,
 }
 
+/// Which clock decides that an entry expired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExpiryClock {
+    /// moka's own clock only (the fastest; the default).
+    #[default]
+    Moka,
+    /// Also tokio's clock, so tests with paused time (`tokio::time::pause`) can expire entries
+    /// by advancing time. Costs one clock read per hit.
+    Tokio,
+}
+
 #[derive(Clone)]
 struct Slot<V> {
     value: V,
-    deadline: Instant,
+    /// Only with [`ExpiryClock::Tokio`].
+    deadline: Option<Instant>,
     ttl: Duration,
 }
 
 impl<V> Slot<V> {
-    fn new(value: V, ttl: Duration) -> Self {
+    fn new(value: V, ttl: Duration, clock: ExpiryClock) -> Self {
+        let deadline = match clock {
+            ExpiryClock::Moka => None,
+            ExpiryClock::Tokio => Some(Instant::now() + ttl),
+        };
         Self {
             value,
-            deadline: Instant::now() + ttl,
+            deadline,
             ttl,
         }
     }
 
     fn is_live(&self) -> bool {
-        Instant::now() < self.deadline
+        self.deadline.is_none_or(|d| Instant::now() < d)
     }
 }
 
@@ -128,6 +147,7 @@ impl<K, V> moka::Expiry<K, Slot<V>> for SlotExpiry {
 pub struct MemoryCacheBuilder<K, V> {
     max_capacity: u64,
     default_ttl: Duration,
+    clock: ExpiryClock,
     _types: std::marker::PhantomData<fn(K, V)>,
 }
 
@@ -136,6 +156,7 @@ impl<K, V> fmt::Debug for MemoryCacheBuilder<K, V> {
         f.debug_struct("MemoryCacheBuilder")
             .field("max_capacity", &self.max_capacity)
             .field("default_ttl", &self.default_ttl)
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -145,6 +166,7 @@ impl<K, V> Default for MemoryCacheBuilder<K, V> {
         Self {
             max_capacity: 100_000,
             default_ttl: Duration::from_secs(3600),
+            clock: ExpiryClock::Moka,
             _types: std::marker::PhantomData,
         }
     }
@@ -168,6 +190,13 @@ where
         self
     }
 
+    /// Which clock judges expiry (default [`ExpiryClock::Moka`]; use [`ExpiryClock::Tokio`] in
+    /// tests with paused time).
+    pub fn expiry_clock(mut self, clock: ExpiryClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Builds the cache.
     ///
     /// # Errors
@@ -187,6 +216,7 @@ where
         Ok(MemoryCache {
             inner,
             default_ttl: self.default_ttl,
+            clock: self.clock,
             counters: Arc::new(Counters::default()),
         })
     }
@@ -197,6 +227,7 @@ where
 pub struct MemoryCache<K, V> {
     inner: moka::future::Cache<K, Slot<V>>,
     default_ttl: Duration,
+    clock: ExpiryClock,
     counters: Arc<Counters>,
 }
 
@@ -205,6 +236,7 @@ impl<K, V> Clone for MemoryCache<K, V> {
         Self {
             inner: self.inner.clone(),
             default_ttl: self.default_ttl,
+            clock: self.clock,
             counters: self.counters.clone(),
         }
     }
@@ -315,12 +347,13 @@ where
         }
         let ttl = ttl.max(Duration::from_nanos(1));
         let counters = &self.counters;
+        let clock = self.clock;
         let slot = self
             .inner
             .try_get_with(key, async {
                 counters.loads.fetch_add(1, Ordering::Relaxed);
                 match load().await {
-                    Ok(v) => Ok(Slot::new(v, ttl)),
+                    Ok(v) => Ok(Slot::new(v, ttl, clock)),
                     Err(e) => {
                         counters.load_failures.fetch_add(1, Ordering::Relaxed);
                         Err(e)
@@ -334,7 +367,7 @@ where
     /// Inserts `value` with the default time to live, replacing any entry.
     pub async fn insert(&self, key: K, value: V) {
         self.inner
-            .insert(key, Slot::new(value, self.default_ttl))
+            .insert(key, Slot::new(value, self.default_ttl, self.clock))
             .await;
     }
 
@@ -347,7 +380,9 @@ where
         if ttl.is_zero() {
             return Err(CacheError::ZeroTtl);
         }
-        self.inner.insert(key, Slot::new(value, ttl)).await;
+        self.inner
+            .insert(key, Slot::new(value, ttl, self.clock))
+            .await;
         Ok(())
     }
 
@@ -397,6 +432,7 @@ mod tests {
         MemoryCache::builder()
             .max_capacity(1000)
             .default_ttl(Duration::from_secs(ttl_secs))
+            .expiry_clock(ExpiryClock::Tokio)
             .build()
             .expect("build")
     }
@@ -436,6 +472,19 @@ mod tests {
         );
         let s = c.stats();
         assert_eq!((s.hits, s.misses), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn default_clock_expires_on_moka_time() {
+        let c = MemoryCache::<u32, u32>::builder().build().expect("build");
+        c.insert_with_ttl(1, 1, Duration::from_millis(5))
+            .await
+            .expect("insert");
+        c.insert(2, 2).await;
+        // Real time: the entry's deadline has certainly passed after the sleep.
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(c.get(&1).await, None);
+        assert_eq!(c.get(&2).await, Some(2));
     }
 
     #[tokio::test(start_paused = true)]

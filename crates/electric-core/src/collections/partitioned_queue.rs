@@ -607,7 +607,9 @@ where
         loop {
             match part.take_batch(self.max_batch) {
                 Some(batch) => {
-                    part.space.notify_waiters();
+                    if self.bound.is_some() {
+                        part.space.notify_waiters();
+                    }
                     self.handle_batch(&key, batch).await;
                 }
                 None => {
