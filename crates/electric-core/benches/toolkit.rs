@@ -146,6 +146,39 @@ fn bench_cache(c: &mut Criterion) {
         }
         cache
     });
+    // moka with expiry configured the way MemoryCache configures it (per-entry, via `Expiry`),
+    // and with a global time to live: the read path of an expiring moka cache reads a clock.
+    struct PerEntry;
+    impl moka::Expiry<u64, Arc<String>> for PerEntry {
+        fn expire_after_create(
+            &self,
+            _k: &u64,
+            _v: &Arc<String>,
+            _at: std::time::Instant,
+        ) -> Option<Duration> {
+            Some(Duration::from_secs(3600))
+        }
+    }
+    let raw_expiry = rt.block_on(async {
+        let cache: moka::future::Cache<u64, Arc<String>> = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .expire_after(PerEntry)
+            .build();
+        for k in 0..KEYS {
+            cache.insert(k, Arc::new(k.to_string())).await;
+        }
+        cache
+    });
+    let raw_ttl = rt.block_on(async {
+        let cache: moka::future::Cache<u64, Arc<String>> = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(3600))
+            .build();
+        for k in 0..KEYS {
+            cache.insert(k, Arc::new(k.to_string())).await;
+        }
+        cache
+    });
     let mut g = c.benchmark_group("cache_hit");
     g.throughput(Throughput::Elements(1));
     g.bench_function("baseline_moka_get", |b| {
@@ -154,6 +187,28 @@ fn bench_cache(c: &mut Criterion) {
                 let start = Instant::now();
                 for i in 0..iters {
                     black_box(raw.get(&(i % KEYS)).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.bench_function("baseline_moka_get_ttl", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(raw_ttl.get(&(i % KEYS)).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.bench_function("baseline_moka_get_expiry", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(raw_expiry.get(&(i % KEYS)).await);
                 }
                 start.elapsed()
             })

@@ -173,8 +173,10 @@ pub struct PartitionedQueueStats {
 
 #[derive(Default, Debug)]
 struct Counters {
-    enqueued: AtomicU64,
-    processed: AtomicU64,
+    // The hot counters sit on their own cache lines: producers bump `enqueued`, workers
+    // `processed` and `batches`.
+    enqueued: CacheLine<AtomicU64>,
+    processed: CacheLine<AtomicU64>,
     failed_items: AtomicU64,
     failed_batches: AtomicU64,
     panicked_batches: AtomicU64,
@@ -182,9 +184,21 @@ struct Counters {
     dropped_oldest: AtomicU64,
     rejected_closed: AtomicU64,
     abandoned: AtomicU64,
-    batches: AtomicU64,
+    batches: CacheLine<AtomicU64>,
     partitions_created: AtomicU64,
     partitions_retired: AtomicU64,
+}
+
+/// Keeps a value on its own cache line so threads bumping neighbours do not contend.
+#[derive(Default, Debug)]
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
+impl<T> std::ops::Deref for CacheLine<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 impl Counters {
@@ -342,7 +356,7 @@ where
             idle_timeout: self.idle_timeout,
             on_error: self.on_error,
             counters: std::sync::Arc::new(Counters::default()),
-            pending: AtomicUsize::new(0),
+            pending: CacheLine(AtomicUsize::new(0)),
             idle: Notify::new(),
             close: close.clone(),
             runtime,
@@ -398,7 +412,7 @@ struct Shared<K, T> {
     on_error: Option<std::sync::Arc<ErrorHook<K>>>,
     counters: std::sync::Arc<Counters>,
     /// Items accepted and not yet finished (handled, failed or dropped).
-    pending: AtomicUsize,
+    pending: CacheLine<AtomicUsize>,
     idle: Notify,
     close: CancellationToken,
     runtime: tokio::runtime::Handle,
