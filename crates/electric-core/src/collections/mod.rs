@@ -21,6 +21,20 @@
 //! | `SmartpulseStopHostedService` / `IEndService` | [`worker::ServiceRunner`](crate::worker::ServiceRunner) / [`worker::EndService`](crate::worker::EndService) | cancellation token, task tracker, ordered stop with a deadline, errors returned instead of printed |
 //! | `TplPipeline<T>` | [`pipeline::Pipeline`](crate::pipeline::Pipeline) | typed stages over bounded channels; errors fail the pipeline and surface from `complete`; batch stages run one batch at a time |
 //! | `ConcurrentQueueExtension.GetDequeueAllItemsAndReturn` | (dropped) | the partitioned queue and [`pipeline`](crate::pipeline) drain stages cover it without missing items |
+//!
+//! # How the hand-written synchronisation is checked
+//!
+//! - loom models (run with
+//!   `RUSTFLAGS="--cfg electric_loom" cargo test -p electric-core --lib --release loom_`; a
+//!   crate-specific cfg because moka's dependency `event-listener` does not build under
+//!   `--cfg loom`): the partitioned queue's enqueue-versus-retire race and its worker wake-up
+//!   hand-off run the real [`partitioned_queue`] table code; the observable map's
+//!   snapshot-and-subscribe hand-off is checked on a model of the protocol (tokio's broadcast
+//!   channel is not loom-instrumented).
+//! - a property test (proptest) of per-key order under random interleavings of producers, keys,
+//!   batch sizes, bounds and handler delays on a multi-threaded runtime;
+//! - tests with paused time (tokio's `test-util`) for time to live, idle retirement, max-wait
+//!   flushes and rate-limit pacing.
 
 pub mod observable_map;
 pub mod partitioned_queue;

@@ -299,7 +299,8 @@ where
 
     /// How long a key's queue stays empty before its partition is retired (default 5 s; zero
     /// retires a partition as soon as it drains). A retired key is recreated on its next item;
-    /// nothing is lost either way.
+    /// nothing is lost either way. A non-zero timeout needs tokio's time driver
+    /// (`enable_time`) on the runtime.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = d;
         self
@@ -618,6 +619,13 @@ where
     }
 
     async fn run_partition(self: std::sync::Arc<Self>, key: K, part: Arc<Partition<T>>) {
+        // One timer per partition, re-armed only when it fires early: arming a timer on every
+        // idle moment would cost a timer-wheel insertion per batch.
+        let idle = self.idle_timeout;
+        // Created on the first idle wait only: with a zero idle timeout no timer is needed (and
+        // the runtime may have no time driver).
+        let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut last_active = None;
         loop {
             match part.take_batch(self.max_batch) {
                 Some(batch) => {
@@ -625,12 +633,23 @@ where
                         part.space.notify_waiters();
                     }
                     self.handle_batch(&key, batch).await;
+                    if !idle.is_zero() {
+                        last_active = Some(tokio::time::Instant::now());
+                    }
                 }
                 None => {
-                    if !self.idle_timeout.is_zero() && !self.close.is_cancelled() {
+                    if !idle.is_zero() && !self.close.is_cancelled() {
+                        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                         tokio::select! {
                             () = part.wake.notified() => continue,
-                            () = tokio::time::sleep(self.idle_timeout) => {}
+                            () = timer.as_mut() => {
+                                let now = tokio::time::Instant::now();
+                                let deadline = last_active.map_or(now, |t| t + idle);
+                                if now < deadline {
+                                    timer.as_mut().reset(deadline);
+                                    continue;
+                                }
+                            }
                             () = self.close.cancelled() => {}
                         }
                     }
