@@ -298,7 +298,8 @@ where
     }
 
     /// How long a key's queue stays empty before its partition is retired (default 5 s; zero
-    /// retires a partition as soon as it drains). A retired key is recreated on its next item;
+    /// retires a partition as soon as it drains). Retirement happens after between one and two
+    /// timeouts of idleness (the timer is re-armed once per period, not once per batch). A retired key is recreated on its next item;
     /// nothing is lost either way. A non-zero timeout needs tokio's time driver
     /// (`enable_time`) on the runtime.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
@@ -625,7 +626,10 @@ where
         // Created on the first idle wait only: with a zero idle timeout no timer is needed (and
         // the runtime may have no time driver).
         let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        let mut last_active = None;
+        // Whether a batch was handled since the timer was armed: a partition is retired when a
+        // whole timer period passed without any (so after between one and two idle timeouts),
+        // which needs no clock read per batch.
+        let mut active = false;
         loop {
             match part.take_batch(self.max_batch) {
                 Some(batch) => {
@@ -633,9 +637,7 @@ where
                         part.space.notify_waiters();
                     }
                     self.handle_batch(&key, batch).await;
-                    if !idle.is_zero() {
-                        last_active = Some(tokio::time::Instant::now());
-                    }
+                    active = true;
                 }
                 None => {
                     if !idle.is_zero() && !self.close.is_cancelled() {
@@ -643,10 +645,8 @@ where
                         tokio::select! {
                             () = part.wake.notified() => continue,
                             () = timer.as_mut() => {
-                                let now = tokio::time::Instant::now();
-                                let deadline = last_active.map_or(now, |t| t + idle);
-                                if now < deadline {
-                                    timer.as_mut().reset(deadline);
+                                if std::mem::take(&mut active) {
+                                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
                                     continue;
                                 }
                             }
@@ -1223,7 +1223,8 @@ mod tests {
             1,
             "the second item restarted the idle clock"
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Idle for two full timeouts: certainly retired.
+        tokio::time::sleep(Duration::from_secs(7)).await;
         assert_eq!(q.partition_count(), 0);
         q.enqueue(1, 3).await.expect("enqueue");
         q.wait_idle().await;
