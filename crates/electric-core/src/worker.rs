@@ -188,12 +188,30 @@ impl Done {
 // ---------------------------------------------------------------------------------------------
 
 /// Builds an [`AutoWorker`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AutoWorkerBuilder {
     common: Common,
+    on_idle: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl fmt::Debug for AutoWorkerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AutoWorkerBuilder")
+            .field("capacity", &self.common.capacity)
+            .field("on_idle", &self.on_idle.is_some())
+            .finish()
+    }
 }
 
 impl AutoWorkerBuilder {
+    /// Called each time the worker has handled every queued item (the original's
+    /// `checkExpiredKeys` callback), on the worker's task: keep it short. A panic in it is
+    /// caught and logged.
+    pub fn on_idle(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_idle = Some(Arc::new(f));
+        self
+    }
+
     /// Items queued before senders wait (default 1,024; at least 1).
     pub fn capacity(mut self, n: usize) -> Self {
         self.common.capacity = n;
@@ -219,6 +237,7 @@ impl AutoWorkerBuilder {
         let counters = Arc::new(Counters::default());
         let (done_tx, done_rx) = watch::channel(false);
         let c = counters.clone();
+        let on_idle = self.on_idle;
         rt.spawn(async move {
             while let Some((item, reply)) = rx.recv().await {
                 let result = match AssertUnwindSafe(handler(item)).catch_unwind().await {
@@ -230,6 +249,13 @@ impl AutoWorkerBuilder {
                 if let Some(reply) = reply {
                     // The caller may have stopped waiting; the item was handled anyway.
                     let _ = reply.send(result);
+                }
+                if let Some(hook) = &on_idle {
+                    if rx.is_empty() {
+                        if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| hook())) {
+                            tracing::error!(panic = %panic_message(&*p), "auto-worker idle hook panicked");
+                        }
+                    }
                 }
             }
             let _ = done_tx.send(true);
@@ -273,6 +299,7 @@ impl AutoWorker<(), ()> {
     pub fn builder() -> AutoWorkerBuilder {
         AutoWorkerBuilder {
             common: Common { capacity: 1024 },
+            on_idle: None,
         }
     }
 }
@@ -828,6 +855,31 @@ mod tests {
         w.send(3).await.expect("send");
         w.shutdown().await;
         assert_eq!(*seen.lock().expect("seen"), vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_idle_runs_when_the_queue_drains() {
+        let idles = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let i2 = idles.clone();
+        let w = AutoWorker::builder()
+            .on_idle(move || {
+                i2.fetch_add(1, Ordering::SeqCst);
+            })
+            .build(|x: u32| async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Ok::<_, BoxError>(x)
+            })
+            .expect("worker");
+        for i in 0..5 {
+            w.send(i).await.expect("send");
+        }
+        // Five items queued at once drain in one go: one idle call.
+        assert_eq!(w.submit(5).await.expect("submit"), 5);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(idles.load(Ordering::SeqCst), 1);
+        w.submit(6).await.expect("submit");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(idles.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

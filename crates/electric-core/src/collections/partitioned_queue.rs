@@ -101,6 +101,9 @@ pub enum PartitionedQueueError {
     /// The queue was built outside a tokio runtime.
     #[error("partitioned queue must be built inside a tokio runtime")]
     NoRuntime,
+    /// A non-zero idle timeout needs the runtime's time driver, which is not enabled.
+    #[error("partitioned queue idle timeout needs a runtime with the time driver enabled")]
+    NoTimeDriver,
     /// The queue is closed; the item was not queued.
     #[error("partitioned queue is closed")]
     Closed,
@@ -225,6 +228,14 @@ fn add(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
 }
 
+/// Whether the current runtime has a time driver. tokio offers no query for it, and creating a
+/// timer without one panics, so the probe runs under `catch_unwind`. (Without a time driver the
+/// panic hook reports that panic once, before the builder returns its error; no global hook is
+/// installed by this crate.)
+fn has_time_driver() -> bool {
+    std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
+}
+
 /// Reads a queue's counters; stays valid after the queue is dropped.
 #[derive(Clone, Debug)]
 pub struct QueueMonitor(std::sync::Arc<Counters>);
@@ -319,7 +330,9 @@ where
     /// # Errors
     ///
     /// [`PartitionedQueueError::InvalidConfig`] if `max_batch`, `max_concurrency` or the per-key
-    /// capacity is zero; [`PartitionedQueueError::NoRuntime`] outside a tokio runtime.
+    /// capacity is zero; [`PartitionedQueueError::NoRuntime`] outside a tokio runtime;
+    /// [`PartitionedQueueError::NoTimeDriver`] if the idle timeout is not zero and the runtime
+    /// has no time driver.
     pub fn build<H, Fut, E>(
         self,
         handler: H,
@@ -344,6 +357,9 @@ where
         }
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| PartitionedQueueError::NoRuntime)?;
+        if !self.idle_timeout.is_zero() && !has_time_driver() {
+            return Err(PartitionedQueueError::NoTimeDriver);
+        }
         let handler: std::sync::Arc<Handler<K, T>> = std::sync::Arc::new(move |k, batch| {
             let fut = handler(k, batch);
             Box::pin(async move { fut.await.map_err(Into::into) })
@@ -1028,6 +1044,24 @@ mod tests {
             e,
             Some(PartitionedQueueError::InvalidConfig { .. })
         ));
+    }
+
+    #[test]
+    fn idle_timeout_without_time_driver_is_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let ok = |_: u32, _: Vec<u32>| async { Ok::<_, BoxError>(()) };
+            let e = PartitionedQueue::builder().build(ok).err();
+            assert_eq!(e, Some(PartitionedQueueError::NoTimeDriver));
+            let q = PartitionedQueue::builder()
+                .idle_timeout(Duration::ZERO)
+                .build(ok)
+                .expect("no timer needed");
+            q.enqueue(1, 1).await.expect("enqueue");
+            q.wait_idle().await;
+        });
     }
 
     #[test]
