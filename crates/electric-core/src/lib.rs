@@ -40,14 +40,18 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod cache;
+pub mod collections;
 pub mod delta;
 pub mod error;
 pub mod key;
 pub mod manager;
 pub mod patch;
+pub mod pipeline;
 pub mod store;
 pub mod sync;
 pub mod version;
+pub mod worker;
 
 pub use delta::{Delta, DeltaKind, Patch, SharedDelta};
 pub use error::{Error, Result};
