@@ -1,7 +1,7 @@
 //! Toolkit benchmarks, each next to its baseline measured in the same run.
 //!
-//! Run: `CARGO_TARGET_DIR=/work/target-toolkit cargo bench -p electric-core --bench toolkit`
-//! (results and ratios are in BENCHMARKS-toolkit.md at the workspace root).
+//! Run: `cargo bench -p electric-core --bench toolkit`
+//! (results and ratios are in BENCHMARKS.md at the workspace root).
 #![allow(missing_docs)]
 
 use std::cmp::Reverse;
