@@ -21,6 +21,8 @@ use electric_testkit::orderbook::OrderBook;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
+mod common;
+
 const KEYS: usize = 10_000;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -77,27 +79,11 @@ fn get_hit(c: &mut Criterion) {
 
 fn update(c: &mut Criterion) {
     let rt = runtime();
-    let store = Arc::new(MemoryStore::builder().log_capacity(16).build().unwrap());
-    let m = DataManager::<OrderBook>::builder(store.clone(), "bench", "books")
-        .build()
-        .unwrap();
-    let ids: Vec<String> = (0..64).map(|i| format!("book-{i}")).collect();
-    rt.block_on(async {
-        for id in &ids {
-            let _ = m.update(id, |b| b.seq = 0).await.unwrap();
-        }
-    });
+    let (store, m, ids) = common::order_books(&rt);
     let mut group = c.benchmark_group("update_memory_store");
     group.throughput(Throughput::Elements(1));
+    common::bench_update(&mut group, &rt, &m, &ids);
     let mut rng = SmallRng::seed_from_u64(1);
-    let mut i = 0usize;
-    group.bench_function("data_manager_update", |b| {
-        b.iter(|| {
-            i = (i + 1) % ids.len();
-            rt.block_on(m.update(&ids[i], |book| book.mutate(&mut rng)))
-                .unwrap()
-        })
-    });
     // Baseline: the store alone, committing a pre-built five-leaf patch.
     let raw = m.key("raw").unwrap();
     let book = OrderBook::new("raw", 1);
