@@ -143,9 +143,8 @@ impl RedisStoreBuilder {
     /// [`Error::InvalidConfig`] for a bad URL, namespace or capacity; [`Error::Unavailable`]
     /// when no connection could be made before the connect timeout.
     pub async fn connect(self) -> Result<RedisStore> {
-        electric_core::key::validate_part("id", &self.namespace).map_err(|e| {
-            Error::InvalidConfig(format!("namespace {:?}: {e}", self.namespace))
-        })?;
+        electric_core::key::validate_part("id", &self.namespace)
+            .map_err(|e| Error::InvalidConfig(format!("namespace {:?}: {e}", self.namespace)))?;
         if self.log_capacity == 0 || self.subscription_capacity == 0 || self.urls.is_empty() {
             return Err(Error::InvalidConfig(
                 "redis store needs a url and capacities of at least 1".into(),
@@ -605,7 +604,8 @@ impl RedisStore {
         let (mut version, mut epoch, mut time) = (None, None, None);
         let mut doc = Map::with_capacity(fields.len());
         for (name, value) in fields {
-            let name = String::from_utf8(name).map_err(|_| bad("field name is not UTF-8".into()))?;
+            let name =
+                String::from_utf8(name).map_err(|_| bad("field name is not UTF-8".into()))?;
             if let Some(member) = name.strip_prefix(layout::MEMBER_PREFIX) {
                 let v: Value = serde_json::from_slice(&value)
                     .map_err(|e| bad(format!("member {member:?}: {e}")))?;
@@ -762,6 +762,12 @@ impl Store for RedisStore {
                 futures_util::future::try_join_all(futs)
             })
             .await?;
+        // A hash without both fields looks missing to HMGET: tell a foreign layout apart.
+        for (k, r) in doc_keys.iter().zip(&replies) {
+            if *r == (None, None) && self.query::<bool>(redis::cmd("EXISTS").arg(k)).await? {
+                return Err(malformed("document", format!("{k} lacks __v and __e")));
+            }
+        }
         keys.iter()
             .zip(replies)
             .map(|(key, r)| match r {
