@@ -69,6 +69,8 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 pub use layout::Layout;
+/// The Redis client crate this store is built on, for [`RedisStore::query`] callers.
+pub use redis;
 
 /// Default namespace (key prefix).
 pub const DEFAULT_NAMESPACE: &str = "electric";
