@@ -368,75 +368,78 @@ async fn foreign_layouts_are_malformed() {
     let Some(store) = common::single(8).await else {
         return;
     };
-    let l = store.layout().clone();
-    let s = electric_core::SectionId::new(electric_testkit::unique("foreign"), "docs").unwrap();
-    let malformed = |r: Result<_, Error>| match r {
-        Err(Error::Malformed { .. }) => {}
-        Err(e) => panic!("expected malformed, got {e}"),
-        Ok(_) => panic!("expected malformed, got a value"),
-    };
-
-    // A string where the hash should be.
-    let k = s.key("string").unwrap();
-    store
-        .query::<()>(redis::cmd("SET").arg(l.doc_key(&k)).arg("x"))
-        .await
-        .unwrap();
-    malformed(store.load(&k).await.map(|_| ()));
-    malformed(store.commit(set(&k, None, "a", json!(1))).await.map(|_| ()));
-    malformed(store.changes_since(&k, 0).await.map(|_| ()));
-
-    // A hash without __v.
-    let k = s.key("novers").unwrap();
-    store
-        .query::<()>(redis::cmd("HSET").arg(l.doc_key(&k)).arg(".a").arg("1"))
-        .await
-        .unwrap();
-    malformed(store.load(&k).await.map(|_| ()));
-    malformed(store.commit(set(&k, None, "a", json!(1))).await.map(|_| ()));
-    malformed(store.changes_since(&k, 0).await.map(|_| ()));
-    malformed(store.stamps(std::slice::from_ref(&k)).await.map(|_| ()));
-    assert!(
-        store.delete(&k, "t").await.unwrap(),
-        "delete removes a foreign hash"
-    );
-    assert!(store.load(&k).await.unwrap().is_none());
-
-    // A hash with a foreign field, a bad member value, a bad epoch.
-    for (i, (field, value)) in [("plain", "1"), (".a", "{not json"), ("__e", "zz")]
-        .into_iter()
-        .enumerate()
-    {
-        let k = s.key(format!("bad{i}")).unwrap();
-        let d = match store.commit(set(&k, None, "a", json!(1))).await.unwrap() {
-            electric_core::CommitOutcome::Committed(d) => d,
-            other => panic!("{other:?}"),
+    common::with_cleanup(store, |store| async move {
+        let l = store.layout().clone();
+        let s = electric_core::SectionId::new(electric_testkit::unique("foreign"), "docs").unwrap();
+        let malformed = |r: Result<_, Error>| match r {
+            Err(Error::Malformed { .. }) => {}
+            Err(e) => panic!("expected malformed, got {e}"),
+            Ok(_) => panic!("expected malformed, got a value"),
         };
-        assert_eq!(d.version, 1);
+
+        // A string where the hash should be.
+        let k = s.key("string").unwrap();
         store
-            .query::<()>(redis::cmd("HSET").arg(l.doc_key(&k)).arg(field).arg(value))
+            .query::<()>(redis::cmd("SET").arg(l.doc_key(&k)).arg("x"))
             .await
             .unwrap();
         malformed(store.load(&k).await.map(|_| ()));
-    }
+        malformed(store.commit(set(&k, None, "a", json!(1))).await.map(|_| ()));
+        malformed(store.changes_since(&k, 0).await.map(|_| ()));
 
-    // Member names that look reserved are stored under the prefix and round-trip.
-    let k = s.key("reserved-names").unwrap();
-    let mut c = set(&k, None, "__v", json!("mine"));
-    c.fields.push(("__e".into(), Some(json!(7))));
-    c.ops = serde_json::from_value(json!([
-        {"op": "add", "path": "/__v", "value": "mine"},
-        {"op": "add", "path": "/__e", "value": 7}
-    ]))
-    .unwrap();
-    let _ = store.commit(c).await.unwrap();
-    let snap = store.load(&k).await.unwrap().unwrap();
-    assert_eq!(snap.stamp.version, 1);
-    assert_eq!(
-        serde_json::Value::Object(snap.doc),
-        json!({"__v": "mine", "__e": 7})
-    );
-    store.purge_namespace().await.unwrap();
+        // A hash without __v.
+        let k = s.key("novers").unwrap();
+        store
+            .query::<()>(redis::cmd("HSET").arg(l.doc_key(&k)).arg(".a").arg("1"))
+            .await
+            .unwrap();
+        malformed(store.load(&k).await.map(|_| ()));
+        malformed(store.commit(set(&k, None, "a", json!(1))).await.map(|_| ()));
+        malformed(store.changes_since(&k, 0).await.map(|_| ()));
+        malformed(store.stamps(std::slice::from_ref(&k)).await.map(|_| ()));
+        assert!(
+            store.delete(&k, "t").await.unwrap(),
+            "delete removes a foreign hash"
+        );
+        assert!(store.load(&k).await.unwrap().is_none());
+
+        // A hash with a foreign field, a bad member value, a bad epoch.
+        for (i, (field, value)) in [("plain", "1"), (".a", "{not json"), ("__e", "zz")]
+            .into_iter()
+            .enumerate()
+        {
+            let k = s.key(format!("bad{i}")).unwrap();
+            let d = match store.commit(set(&k, None, "a", json!(1))).await.unwrap() {
+                electric_core::CommitOutcome::Committed(d) => d,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(d.version, 1);
+            store
+                .query::<()>(redis::cmd("HSET").arg(l.doc_key(&k)).arg(field).arg(value))
+                .await
+                .unwrap();
+            malformed(store.load(&k).await.map(|_| ()));
+        }
+
+        // Member names that look reserved are stored under the prefix and round-trip.
+        let k = s.key("reserved-names").unwrap();
+        let mut c = set(&k, None, "__v", json!("mine"));
+        c.fields.push(("__e".into(), Some(json!(7))));
+        c.ops = serde_json::from_value(json!([
+            {"op": "add", "path": "/__v", "value": "mine"},
+            {"op": "add", "path": "/__e", "value": 7}
+        ]))
+        .unwrap();
+        let _ = store.commit(c).await.unwrap();
+        let snap = store.load(&k).await.unwrap().unwrap();
+        assert_eq!(snap.stamp.version, 1);
+        assert_eq!(
+            serde_json::Value::Object(snap.doc),
+            json!({"__v": "mine", "__e": 7})
+        );
+        store.purge_namespace().await.unwrap();
+    })
+    .await;
 }
 
 /// A foreign entry in the change log is reported as `Malformed`; a log reaching past the
@@ -446,48 +449,51 @@ async fn malformed_log_entries_are_reported_and_repaired() {
     let Some(store) = common::single(8).await else {
         return;
     };
-    let l = store.layout().clone();
-    let k = Key::new(electric_testkit::unique("log"), "docs", "doc").unwrap();
-    let d1 = match store.commit(set(&k, None, "a", json!(1))).await.unwrap() {
-        electric_core::CommitOutcome::Committed(d) => d,
-        other => panic!("{other:?}"),
-    };
-    store
-        .query::<String>(
-            redis::cmd("XADD")
-                .arg(l.log_key(&k))
-                .arg("5-0")
-                .arg("d")
-                .arg("{garbage"),
-        )
-        .await
-        .unwrap();
-    let err = store.changes_since(&k, 0).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Malformed {
-                what: "log entry",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    // The next commit finds a log ahead of the document, drops it and commits v2.
-    let outcome = store
-        .commit(set(&k, Some(d1.stamp()), "a", json!(2)))
-        .await
-        .unwrap();
-    assert!(matches!(outcome, electric_core::CommitOutcome::Committed(d) if d.version == 2));
-    match store.changes_since(&k, 1).await.unwrap() {
-        Changes::Deltas { deltas, .. } => assert_eq!(deltas.len(), 1),
-        other => panic!("{other:?}"),
-    }
-    assert!(matches!(
-        store.changes_since(&k, 0).await.unwrap(),
-        Changes::Trimmed { earliest: 2, .. }
-    ));
-    store.purge_namespace().await.unwrap();
+    common::with_cleanup(store, |store| async move {
+        let l = store.layout().clone();
+        let k = Key::new(electric_testkit::unique("log"), "docs", "doc").unwrap();
+        let d1 = match store.commit(set(&k, None, "a", json!(1))).await.unwrap() {
+            electric_core::CommitOutcome::Committed(d) => d,
+            other => panic!("{other:?}"),
+        };
+        store
+            .query::<String>(
+                redis::cmd("XADD")
+                    .arg(l.log_key(&k))
+                    .arg("5-0")
+                    .arg("d")
+                    .arg("{garbage"),
+            )
+            .await
+            .unwrap();
+        let err = store.changes_since(&k, 0).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Malformed {
+                    what: "log entry",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The next commit finds a log ahead of the document, drops it and commits v2.
+        let outcome = store
+            .commit(set(&k, Some(d1.stamp()), "a", json!(2)))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, electric_core::CommitOutcome::Committed(d) if d.version == 2));
+        match store.changes_since(&k, 1).await.unwrap() {
+            Changes::Deltas { deltas, .. } => assert_eq!(deltas.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            store.changes_since(&k, 0).await.unwrap(),
+            Changes::Trimmed { earliest: 2, .. }
+        ));
+        store.purge_namespace().await.unwrap();
+    })
+    .await;
 }
 
 /// Garbage, a foreign encoding and another section's delta on our channel are reported as
@@ -497,60 +503,63 @@ async fn malformed_channel_messages_are_reported_and_skipped() {
     let Some(store) = common::single(8).await else {
         return;
     };
-    let s = electric_core::SectionId::new(electric_testkit::unique("chan"), "docs").unwrap();
-    let mut sub = store.subscribe(&s).await.unwrap();
-    let channel = store.layout().channel(&s);
-    let other = Key::new("elsewhere", "docs", "x").unwrap();
-    let foreign_delta = electric_core::Delta {
-        key: other,
-        epoch: electric_core::Epoch::random(),
-        base: 0,
-        version: 1,
-        change_time: 1,
-        origin: "x".into(),
-        kind: electric_core::DeltaKind::Patch,
-        ops: Default::default(),
-    }
-    .encode();
-    for payload in [b"{garbage".to_vec(), br#"{"v":9}"#.to_vec(), foreign_delta] {
-        store
-            .query::<u64>(redis::cmd("PUBLISH").arg(&channel).arg(payload))
-            .await
-            .unwrap();
-    }
-    let k = s.key("doc").unwrap();
-    let _ = store.commit(set(&k, None, "a", json!(1))).await.unwrap();
-    let mut errors = 0;
-    loop {
-        let item = tokio::time::timeout(Duration::from_secs(5), sub.next())
-            .await
-            .expect("message within 5 s")
-            .expect("subscription open");
-        match item {
-            Err(e) => {
-                assert!(
-                    matches!(
-                        e,
-                        Error::Malformed { .. } | Error::UnsupportedEncoding { .. }
-                    ),
-                    "{e}"
-                );
-                errors += 1;
-            }
-            Ok(SubscriptionEvent::Delta(d)) => {
-                assert_eq!(d.key, k);
-                break;
-            }
-            Ok(other) => panic!("{other:?}"),
+    common::with_cleanup(store, |store| async move {
+        let s = electric_core::SectionId::new(electric_testkit::unique("chan"), "docs").unwrap();
+        let mut sub = store.subscribe(&s).await.unwrap();
+        let channel = store.layout().channel(&s);
+        let other = Key::new("elsewhere", "docs", "x").unwrap();
+        let foreign_delta = electric_core::Delta {
+            key: other,
+            epoch: electric_core::Epoch::random(),
+            base: 0,
+            version: 1,
+            change_time: 1,
+            origin: "x".into(),
+            kind: electric_core::DeltaKind::Patch,
+            ops: Default::default(),
         }
-    }
-    assert_eq!(errors, 3);
-    assert_eq!(
-        store
-            .stats()
-            .malformed_messages
-            .load(std::sync::atomic::Ordering::Relaxed),
-        3
-    );
-    store.purge_namespace().await.unwrap();
+        .encode();
+        for payload in [b"{garbage".to_vec(), br#"{"v":9}"#.to_vec(), foreign_delta] {
+            store
+                .query::<u64>(redis::cmd("PUBLISH").arg(&channel).arg(payload))
+                .await
+                .unwrap();
+        }
+        let k = s.key("doc").unwrap();
+        let _ = store.commit(set(&k, None, "a", json!(1))).await.unwrap();
+        let mut errors = 0;
+        loop {
+            let item = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .expect("message within 5 s")
+                .expect("subscription open");
+            match item {
+                Err(e) => {
+                    assert!(
+                        matches!(
+                            e,
+                            Error::Malformed { .. } | Error::UnsupportedEncoding { .. }
+                        ),
+                        "{e}"
+                    );
+                    errors += 1;
+                }
+                Ok(SubscriptionEvent::Delta(d)) => {
+                    assert_eq!(d.key, k);
+                    break;
+                }
+                Ok(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(errors, 3);
+        assert_eq!(
+            store
+                .stats()
+                .malformed_messages
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        store.purge_namespace().await.unwrap();
+    })
+    .await;
 }

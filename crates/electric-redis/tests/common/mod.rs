@@ -141,3 +141,19 @@ impl Drop for PrivateRedis {
         self.stop();
     }
 }
+
+/// Runs `body` on `store`, then deletes the store's namespace even if `body` panicked.
+pub async fn with_cleanup<F, Fut>(store: RedisStore, body: F)
+where
+    F: FnOnce(RedisStore) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let outcome = tokio::spawn(body(store.clone())).await;
+    let _ = store.purge_namespace().await;
+    if let Err(e) = outcome {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        panic!("test body did not finish: {e}");
+    }
+}
