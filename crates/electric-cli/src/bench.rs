@@ -481,6 +481,7 @@ async fn delivery_max(
     let channel = store
         .layout()
         .channel(&electric::SectionId::new("bench", "fanout")?);
+    let pin = format!("{}:{{bench-publisher}}", store.layout().namespace());
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     // Publish in batches of 256 per EVAL, keeping a bounded number of batches in flight.
@@ -491,12 +492,20 @@ async fn delivery_max(
     let mut sent = 0u64;
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
     for chunk in payloads.chunks(256) {
+        let stalled = Instant::now() + Duration::from_secs(10);
         while sent.saturating_sub(b.stats().applied - applied_before) > window {
+            ensure!(
+                Instant::now() < stalled,
+                "delivery_max: the replica applied nothing for 10 s ({} of {sent} published)",
+                b.stats().applied - applied_before
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         sent += chunk.len() as u64;
         let mut cmd = rcmd("EVAL");
-        cmd.arg(script).arg(0).arg(&channel);
+        // The (unused) key pins every batch to one node: on a cluster, batches published from
+        // different nodes could overtake each other on the cluster bus and break key order.
+        cmd.arg(script).arg(1).arg(&pin).arg(&channel);
         for p in chunk {
             cmd.arg(p.as_slice());
         }
