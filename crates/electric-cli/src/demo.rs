@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use clap::Args;
 use electric::manager::{ManagerStats, RepairCounts};
+use electric::redis::RedisStore;
 use electric::store::Store;
 use electric::sync::{SyncConfig, SyncService};
 use electric::{DataManager, MemoryStore};
@@ -49,6 +50,11 @@ pub struct DemoArgs {
     /// Print the report as one JSON object on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Run the replicas through Redis at this URL (comma-separated URLs: a cluster's seed
+    /// nodes) instead of the embedded store. The demo uses a fresh namespace and deletes it
+    /// afterwards.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -118,7 +124,7 @@ fn fn_doc(h: &mut u64, version: u64, book: &OrderBook) {
 }
 
 async fn store_checksum(
-    store: &MemoryStore,
+    store: &dyn Store,
     m: &DataManager<OrderBook>,
     docs: usize,
 ) -> anyhow::Result<(String, u64)> {
@@ -168,9 +174,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ensure!((0.0..=1.0).contains(&p), "{name} must be between 0 and 1");
     }
 
-    let memory = MemoryStore::new();
+    let redis = match &args.redis {
+        Some(url) => Some(
+            RedisStore::builder(url)
+                .namespace(electric_testkit::unique("electric-demo"))
+                .connect()
+                .await
+                .with_context(|| format!("connecting to redis at {url}"))?,
+        ),
+        None => None,
+    };
+    let base: Arc<dyn Store> = match &redis {
+        Some(r) => Arc::new(r.clone()),
+        None => Arc::new(MemoryStore::new()),
+    };
+    let outcome = run_on(&args, base.clone()).await;
+    if let Some(r) = &redis {
+        if let Err(e) = r.purge_namespace().await {
+            eprintln!("warning: could not delete the demo namespace: {e}");
+        }
+    }
+    outcome
+}
+
+async fn run_on(args: &DemoArgs, base: Arc<dyn Store>) -> anyhow::Result<ExitCode> {
     let faulty = Arc::new(FaultyStore::new(
-        Arc::new(memory.clone()),
+        base.clone(),
         FaultConfig {
             drop: args.loss,
             duplicate: args.jitter,
@@ -257,7 +286,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let settle_started = Instant::now();
-    let (store_sum, seq_total) = store_checksum(&memory, &managers[0], args.docs).await?;
+    let (store_sum, seq_total) = store_checksum(&*base, &managers[0], args.docs).await?;
     let converged = loop {
         let all = managers
             .iter()
@@ -281,7 +310,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let lost_updates = committed as i64 - seq_total as i64;
     let (dropped, duplicated, reordered, _) = faulty.counts().get();
     let report = Report {
-        store: "memory",
+        store: if args.redis.is_some() {
+            "redis"
+        } else {
+            "memory"
+        },
         replicas: args.replicas,
         docs: args.docs,
         seconds: elapsed,

@@ -1,7 +1,9 @@
 //! The `electric` command-line tool.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod demo;
+mod redis_cmds;
 
 /// Documents are serialized to JSON trees to diff and patch them, which is allocation-heavy;
 /// mimalloc makes `update` markedly faster than glibc's allocator (see BENCHMARKS.md; the library leaves the
@@ -24,6 +26,15 @@ enum Command {
     /// Run replicas that share order-book documents, update them concurrently, and check that
     /// every replica converges (embedded store by default; no server needed).
     Demo(demo::DemoArgs),
+    /// Print a document stored in Redis: version, epoch, change time, TTL, fields and change log.
+    Inspect(redis_cmds::InspectArgs),
+    /// Tail a section's deltas live from Redis, one line each.
+    Watch(redis_cmds::WatchArgs),
+    /// Increment counters in shared documents through Redis (run several at once to check that
+    /// no update is lost across processes).
+    Hammer(redis_cmds::HammerArgs),
+    /// Measure the Redis store: raw commit script, update, load, delivery latency and rate.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +52,10 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Inspect(args) => redis_cmds::inspect(args).await,
+            Command::Watch(args) => redis_cmds::watch(args).await,
+            Command::Hammer(args) => redis_cmds::hammer(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

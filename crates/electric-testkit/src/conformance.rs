@@ -31,10 +31,14 @@ pub struct StoreUnderTest {
 }
 
 /// Generates one `#[tokio::test]` per conformance check.
+///
+/// `store_conformance!(with_cleanup: factory)` takes a factory yielding
+/// `Option<(StoreUnderTest, impl Future<Output = ()>)>`; the future runs after each check, even
+/// a failing one (e.g. to delete the keys a check left in a shared server).
 #[macro_export]
 macro_rules! store_conformance {
-    ($factory:expr) => {
-        $crate::store_conformance!(@tests $factory;
+    (@names @$mode:ident $factory:expr) => {
+        $crate::store_conformance!(@$mode $factory;
             create_then_load, conflict_reports_actual, fields_set_and_removed,
             changes_since_returns_ordered_chain, log_is_capped_and_reports_trimmed,
             missing_key_everywhere, subscription_delivers_section_deltas_in_order,
@@ -42,7 +46,7 @@ macro_rules! store_conformance {
             ttl_is_set_refreshed_and_expires, concurrent_writers_lose_no_update,
             snapshot_commit_is_logged_as_snapshot);
     };
-    (@tests $factory:expr; $($name:ident),*) => {
+    (@plain $factory:expr; $($name:ident),*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
@@ -51,6 +55,29 @@ macro_rules! store_conformance {
                 }
             }
         )*
+    };
+    (@cleanup $factory:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some((sut, cleanup)) = $factory.await {
+                    let outcome = ::tokio::spawn($crate::conformance::$name(sut)).await;
+                    cleanup.await;
+                    if let Err(e) = outcome {
+                        if e.is_panic() {
+                            ::std::panic::resume_unwind(e.into_panic());
+                        }
+                        panic!("conformance check did not finish: {e}");
+                    }
+                }
+            }
+        )*
+    };
+    (with_cleanup: $factory:expr) => {
+        $crate::store_conformance!(@names @cleanup $factory);
+    };
+    ($factory:expr) => {
+        $crate::store_conformance!(@names @plain $factory);
     };
 }
 

@@ -4,8 +4,8 @@
 //! optimistic concurrency and kept in sync by JSON Patch deltas, with a per-key change log so
 //! late or disconnected replicas catch up and version gaps are repaired.
 //!
-//! This is the facade crate: it re-exports [`electric_core`]. Backend adapters (Redis, NATS,
-//! Pulsar, PostgreSQL) will be enabled by features as they land.
+//! This is the facade crate: it re-exports [`electric_core`]. Backend adapters are enabled by
+//! features: `redis` adds `redis::RedisStore`; NATS, Pulsar and PostgreSQL will follow.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
@@ -42,6 +42,12 @@
 #![warn(missing_docs)]
 
 pub use electric_core::*;
+
+/// The Redis store (feature `redis`): re-exports [`electric_redis`].
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use electric_redis::*;
+}
 
 /// The README's code blocks, compiled and run as doc tests.
 #[doc = include_str!("../../../README.md")]

@@ -1,0 +1,582 @@
+//! `electric bench --redis URL`: the Redis store's costs on ~3.5 KB order books.
+//!
+//! | name | what one op is |
+//! |---|---|
+//! | `commit_script_raw` | the commit script called by SHA with pre-built arguments (the limit) |
+//! | `update` | `DataManager::update` (closure, diff, commit) on a warm cache, distinct keys |
+//! | `load_raw` | `HGETALL` of a document hash |
+//! | `load` | a cold `DataManager::get` (load, parse, deserialize, cache) |
+//! | `delivery` | from the start of an update on manager A to the change applied on manager B, at a paced rate |
+//! | `delivery_max` | pre-built deltas published as fast as possible; rate at which one replica applies them |
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use clap::Args;
+use electric::manager::{ChangeCause, DataManager};
+use electric::patch;
+use electric::redis::redis::cmd as rcmd;
+use electric::redis::RedisStore;
+use electric::store::{Commit, Store};
+use electric::sync::{SyncConfig, SyncService};
+use electric::{Delta, DeltaKind};
+use electric_testkit::orderbook::OrderBook;
+use futures_util::StreamExt;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Options of `electric bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Redis URL (comma-separated URLs: a cluster's seed nodes).
+    #[arg(long, value_name = "URL")]
+    redis: String,
+    /// Concurrent clients (tasks) for the throughput measurements.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds per throughput measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Updates per second for `delivery`.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Deltas published for `delivery_max`.
+    #[arg(long, default_value_t = 200_000)]
+    deltas: usize,
+    /// Print one JSON object on stdout instead of a table (progress still goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct Measurement {
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    url: String,
+    cluster: bool,
+    concurrency: usize,
+    document_bytes: usize,
+    measurements: std::collections::BTreeMap<&'static str, Measurement>,
+    ratios: std::collections::BTreeMap<&'static str, f64>,
+}
+
+fn measurement(ops: usize, elapsed: Duration, mut lat_us: Vec<f64>) -> Measurement {
+    lat_us.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        if lat_us.is_empty() {
+            0.0
+        } else {
+            lat_us[((lat_us.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    Measurement {
+        ops_per_sec: ops as f64 / elapsed.as_secs_f64(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+fn progress(msg: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "bench: {msg}");
+    let _ = err.flush();
+}
+
+/// Runs `op(client, i)` from `clients` tasks for `seconds`; returns throughput and latency.
+async fn closed_loop<F, Fut>(clients: usize, seconds: f64, op: F) -> anyhow::Result<Measurement>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                op(c, i).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+                i += 1;
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    Ok(measurement(all.len(), elapsed, all))
+}
+
+fn book_id(prefix: &str, i: usize) -> String {
+    format!("{prefix}{i:05}")
+}
+
+/// Runs the benchmark; exit 0 when every measurement ran.
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    ensure!(
+        args.seconds.is_finite() && args.seconds > 0.0,
+        "--seconds must be positive"
+    );
+    ensure!(
+        args.rate >= 1 && args.deltas >= 1,
+        "--rate and --deltas must be positive"
+    );
+    let store = RedisStore::builder(&args.redis)
+        .namespace(electric_testkit::unique("electric-bench"))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to redis at {}", args.redis))?;
+    let outcome = measure(&args, &store).await;
+    progress("deleting the bench namespace");
+    if let Err(e) = store.purge_namespace().await {
+        eprintln!("warning: could not delete the bench namespace: {e}");
+    }
+    let report = outcome?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report> {
+    let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
+    let c = args.concurrency;
+    let sample = OrderBook::new("sample", 1);
+    let document_bytes = serde_json::to_vec(&sample)?.len();
+    let mut measurements = std::collections::BTreeMap::new();
+
+    // commit_script_raw: one document per client, arguments built once per client.
+    progress("commit_script_raw");
+    let writer = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "books")
+        .origin("bench-writer")
+        .max_entries(1_000_000)
+        .build()?;
+    let mut raw = Vec::new();
+    for i in 0..c {
+        let id = book_id("raw-", i);
+        let v = writer
+            .update(&id, |b| b.mutate(&mut SmallRng::seed_from_u64(i as u64)))
+            .await?
+            .version();
+        let doc = writer.cached(&id).context("cached after update")?;
+        let old = serde_json::to_value(doc.value())?;
+        let mut next = doc.value().clone();
+        next.mutate(&mut SmallRng::seed_from_u64(7 + i as u64));
+        let new = serde_json::to_value(&next)?;
+        let ops = patch::diff(&old, &new);
+        let mut names: Vec<String> = ops
+            .0
+            .iter()
+            .filter_map(|op| {
+                AsRef::<str>::as_ref(op.path())
+                    .split('/')
+                    .nth(1)
+                    .map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        let fields = names
+            .iter()
+            .map(|n| (n.clone(), new.get(n).cloned()))
+            .collect();
+        let commit = Commit {
+            key: writer.key(&id)?,
+            expected: doc.stamp(),
+            fields,
+            kind: DeltaKind::Patch,
+            ops,
+            origin: "bench-raw".into(),
+            ttl: None,
+        };
+        let (keys, argv) = store.commit_args(&commit);
+        raw.push(Mutex::new((keys, argv, v)));
+    }
+    let raw = Arc::new(raw);
+    let s = store.clone();
+    let m = closed_loop(c, args.seconds, move |client, _| {
+        let (s, raw) = (s.clone(), raw.clone());
+        async move {
+            let (keys, mut argv, v) = {
+                let g = raw[client].lock().unwrap_or_else(|p| p.into_inner());
+                g.clone()
+            };
+            argv[1] = v.to_string();
+            let reply = s.commit_raw(&keys, &argv).await?;
+            let ok = matches!(&reply, electric::redis::redis::Value::Array(a)
+                if matches!(a.first(), Some(electric::redis::redis::Value::Int(1))));
+            ensure!(ok, "raw commit conflicted: {reply:?}");
+            raw[client].lock().unwrap_or_else(|p| p.into_inner()).2 = v + 1;
+            Ok(())
+        }
+    })
+    .await?;
+    measurements.insert("commit_script_raw", m);
+
+    // update: DataManager::update on warm, distinct keys.
+    progress("update");
+    for i in 0..c {
+        let _ = writer.update(&book_id("upd-", i), |b| b.seq += 1).await?;
+    }
+    let w = writer.clone();
+    let m = closed_loop(c, args.seconds, move |client, i| {
+        let w = w.clone();
+        async move {
+            let mut rng = SmallRng::seed_from_u64(i ^ client as u64);
+            let _ = w
+                .update(&book_id("upd-", client), |b| b.mutate(&mut rng))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    measurements.insert("update", m);
+
+    // load_raw and load: HGETALL vs a cold get of the same documents.
+    progress("load_raw");
+    let s = store.clone();
+    let keys: Arc<Vec<String>> = Arc::new(
+        (0..c)
+            .map(|i| Ok(s.layout().doc_key(&writer.key(&book_id("upd-", i))?)))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let m = closed_loop(c, args.seconds, move |client, _| {
+        let (s, keys) = (s.clone(), keys.clone());
+        async move {
+            let v: Vec<(Vec<u8>, Vec<u8>)> = s.query(rcmd("HGETALL").arg(&keys[client])).await?;
+            ensure!(!v.is_empty(), "document missing");
+            Ok(())
+        }
+    })
+    .await?;
+    measurements.insert("load_raw", m);
+    progress("load");
+    let reader = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "books")
+        .origin("bench-reader")
+        .build()?;
+    let r = reader.clone();
+    let m = closed_loop(c, args.seconds, move |client, _| {
+        let r = r.clone();
+        async move {
+            let id = book_id("upd-", client);
+            r.remove_from_cache(&id);
+            let d = r.get(&id).await?;
+            ensure!(d.is_some_and(|d| d.version() > 0), "document missing");
+            Ok(())
+        }
+    })
+    .await?;
+    measurements.insert("load", m);
+
+    measurements.insert("delivery", delivery(args, &dyn_store).await?);
+    measurements.insert("delivery_max", delivery_max(args, store, &dyn_store).await?);
+
+    let mut ratios = std::collections::BTreeMap::new();
+    ratios.insert(
+        "update_vs_raw",
+        measurements["update"].ops_per_sec / measurements["commit_script_raw"].ops_per_sec,
+    );
+    ratios.insert(
+        "load_vs_raw",
+        measurements["load"].ops_per_sec / measurements["load_raw"].ops_per_sec,
+    );
+    Ok(Report {
+        url: args.redis.clone(),
+        cluster: store.is_cluster(),
+        concurrency: c,
+        document_bytes,
+        measurements,
+        ratios,
+    })
+}
+
+/// Manager A updates at `rate`/s; the time from the start of each update to the change being
+/// applied on manager B (its own sync service) is recorded.
+async fn delivery(args: &BenchArgs, store: &Arc<dyn Store>) -> anyhow::Result<Measurement> {
+    progress(&format!("delivery at {} updates/s", args.rate));
+    let docs = 2000usize;
+    let a = DataManager::<OrderBook>::builder(store.clone(), "bench", "delivery")
+        .origin("bench-a")
+        .build()?;
+    let b = DataManager::<OrderBook>::builder(store.clone(), "bench", "delivery")
+        .origin("bench-b")
+        .build()?;
+    for i in 0..docs {
+        let _ = a.update(&book_id("d-", i), |x| x.seq += 1).await?;
+        b.get(&book_id("d-", i)).await?;
+    }
+    let token = CancellationToken::new();
+    let sync = SyncService::builder()
+        .manager(&b)
+        .config(SyncConfig {
+            anti_entropy_interval: Duration::from_secs(3600),
+            ..SyncConfig::default()
+        })
+        .build()?
+        .spawn(token.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the subscription start
+    let starts: Arc<Mutex<HashMap<(String, u64), Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let mut events = b.changes();
+    let (st, lat) = (starts.clone(), latencies.clone());
+    let listener = tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            let Ok(ev) = ev else { continue };
+            if !matches!(ev.cause, ChangeCause::Remote(_)) {
+                continue;
+            }
+            let now = Instant::now();
+            let Some(stamp) = ev.stamp else { continue };
+            let t0 = st
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(ev.key.id().to_string(), stamp.version));
+            if let Some(t0) = t0 {
+                lat.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(now.duration_since(t0).as_secs_f64() * 1e6);
+            }
+        }
+    });
+    let total = (args.rate as f64 * args.seconds).max(1.0) as u64;
+    let writers = 16u64;
+    let per_writer_interval = Duration::from_secs_f64(writers as f64 / args.rate as f64);
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (a, starts, next) = (a.clone(), starts.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now()
+                    + per_writer_interval.mul_f64(w as f64 / writers as f64),
+                per_writer_interval,
+            );
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut rng = SmallRng::seed_from_u64(w);
+            let owned = (docs as u64 / writers).max(1);
+            let mut k = 0u64;
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return anyhow::Ok(());
+                }
+                tick.tick().await;
+                // Writer w owns documents w, w+16, … so no two writers touch one document.
+                let id = book_id("d-", (w + writers * (k % owned)) as usize);
+                k += 1;
+                let v = a.cached(&id).map_or(0, |d| d.version()) + 1;
+                starts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((id.clone(), v), Instant::now());
+                let _ = a.update(&id, |x| x.mutate(&mut rng)).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel();
+    sync.join().await;
+    listener.abort();
+    let lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    ensure!(!lat.is_empty(), "no delivery was observed");
+    let delivered = lat.len();
+    if (delivered as u64) < total * 9 / 10 {
+        eprintln!("bench: warning: only {delivered} of {total} deliveries observed");
+    }
+    let mut m = measurement(total as usize, elapsed, lat);
+    m.ops_per_sec = total as f64 / elapsed.as_secs_f64();
+    Ok(m)
+}
+
+/// Pre-built patch deltas for warm documents are published as fast as the replica applies
+/// them (at most 4096 ahead); the rate is the number applied by one replica over the time from
+/// the first publish to the last apply.
+async fn delivery_max(
+    args: &BenchArgs,
+    store: &RedisStore,
+    dyn_store: &Arc<dyn Store>,
+) -> anyhow::Result<Measurement> {
+    progress(&format!("delivery_max ({} pre-built deltas)", args.deltas));
+    let docs = 512usize;
+    let a = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "fanout")
+        .origin("bench-a")
+        .build()?;
+    let b = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "fanout")
+        .origin("bench-b")
+        .build()?;
+    let mut books = Vec::new();
+    for i in 0..docs {
+        let id = book_id("f-", i);
+        let _ = a.update(&id, |x| x.seq += 1).await?;
+        let d = b.get(&id).await?.context("document exists")?;
+        books.push((
+            b.key(&id)?,
+            d.stamp().context("stamped")?,
+            d.value().clone(),
+        ));
+    }
+    // Build the deltas: round-robin over the documents, each a 5-leaf mutate of the previous.
+    let per_doc = args.deltas.div_ceil(docs);
+    let mut rng = SmallRng::seed_from_u64(99);
+    let mut payloads = Vec::with_capacity(per_doc * docs);
+    for _ in 0..per_doc {
+        for (key, stamp, book) in books.iter_mut() {
+            let old = serde_json::to_value(&*book)?;
+            book.mutate(&mut rng);
+            let new = serde_json::to_value(&*book)?;
+            let delta = Delta {
+                key: key.clone(),
+                epoch: stamp.epoch,
+                base: stamp.version,
+                version: stamp.version + 1,
+                change_time: 0,
+                origin: "bench-prebuilt".into(),
+                kind: DeltaKind::Patch,
+                ops: patch::diff(&old, &new),
+            };
+            stamp.version += 1;
+            payloads.push(delta.encode());
+        }
+    }
+    let n = payloads.len() as u64;
+    let token = CancellationToken::new();
+    let sync = SyncService::builder()
+        .manager(&b)
+        .config(SyncConfig {
+            anti_entropy_interval: Duration::from_secs(3600),
+            queue_capacity: 8192,
+            ..SyncConfig::default()
+        })
+        .build()?
+        .spawn(token.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let applied_before = b.stats().applied;
+    let channel = store
+        .layout()
+        .channel(&electric::SectionId::new("bench", "fanout")?);
+    let pin = format!("{}:{{bench-publisher}}", store.layout().namespace());
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    // Publish in batches of 256 per EVAL, keeping a bounded number of batches in flight.
+    let script = "for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end return #ARGV - 1";
+    // Backpressure: at most `window` published deltas not yet applied, so the subscriber's
+    // buffers never overflow and the figure is a sustained rate, not a burst into a buffer.
+    let window = 4096u64;
+    let mut sent = 0u64;
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    for chunk in payloads.chunks(256) {
+        let stalled = Instant::now() + Duration::from_secs(10);
+        while sent.saturating_sub(b.stats().applied - applied_before) > window {
+            ensure!(
+                Instant::now() < stalled,
+                "delivery_max: the replica applied nothing for 10 s ({} of {sent} published)",
+                b.stats().applied - applied_before
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        sent += chunk.len() as u64;
+        let mut cmd = rcmd("EVAL");
+        // The (unused) key pins every batch to one node: on a cluster, batches published from
+        // different nodes could overtake each other on the cluster bus and break key order.
+        cmd.arg(script).arg(1).arg(&pin).arg(&channel);
+        for p in chunk {
+            cmd.arg(p.as_slice());
+        }
+        let s = store.clone();
+        in_flight.push(async move { s.query::<u64>(&cmd).await });
+        if in_flight.len() >= 4 {
+            if let Some(r) = in_flight.next().await {
+                r?;
+            }
+        }
+    }
+    while let Some(r) = in_flight.next().await {
+        r?;
+    }
+    let published = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_progress = Instant::now();
+    loop {
+        let applied = b.stats().applied - applied_before;
+        if applied >= n || Instant::now() > deadline {
+            break;
+        }
+        if last_progress.elapsed() > Duration::from_millis(500) {
+            last_progress = Instant::now();
+            let line = format!("  applied {applied}/{n}");
+            if tty {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if tty {
+        eprintln!();
+    }
+    let elapsed = started.elapsed();
+    let applied = b.stats().applied - applied_before;
+    token.cancel();
+    sync.join().await;
+    progress(&format!(
+        "delivery_max: published {n} in {:.2} s, applied {applied} in {:.2} s",
+        published.as_secs_f64(),
+        elapsed.as_secs_f64()
+    ));
+    Ok(Measurement {
+        ops_per_sec: applied as f64 / elapsed.as_secs_f64(),
+        p50_us: 0.0,
+        p99_us: 0.0,
+    })
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "Electric Redis bench — {} ({}), {} clients, {}-byte order books",
+        r.url,
+        if r.cluster { "cluster" } else { "single node" },
+        r.concurrency,
+        r.document_bytes
+    );
+    println!(
+        "  {:<18} {:>12} {:>10} {:>10}",
+        "measurement", "ops/s", "p50 µs", "p99 µs"
+    );
+    for (name, m) in &r.measurements {
+        println!(
+            "  {:<18} {:>12.0} {:>10.1} {:>10.1}",
+            name, m.ops_per_sec, m.p50_us, m.p99_us
+        );
+    }
+    for (name, v) in &r.ratios {
+        println!("  {name:<18} {v:>12.2}");
+    }
+}

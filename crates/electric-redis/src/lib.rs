@@ -1,0 +1,896 @@
+//! [`RedisStore`]: Electric's production [`Store`], on a single Redis node or a Redis Cluster.
+//!
+//! ```no_run
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use electric_core::{DataManager, SyncService};
+//! use electric_redis::RedisStore;
+//! use serde_json::{Map, Value};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let store = Arc::new(RedisStore::builder("redis://127.0.0.1:6379").namespace("myapp").connect().await?);
+//! let docs = DataManager::<Map<String, Value>>::builder(store, "intraday", "positions").build()?;
+//! let token = CancellationToken::new();
+//! let sync = SyncService::builder().manager(&docs).build()?.spawn(token.clone());
+//! docs.update("PLANT-7", |d| { d.insert("qty".into(), 12.5.into()); }).await?;
+//! token.cancel();
+//! sync.join().await;
+//! # Ok::<(), electric_core::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Layout
+//!
+//! See [`layout`] for every key and channel name. In short, per document: one hash
+//! (`ns:{p:s:id}:doc`, members under a `.` prefix plus `__v`, `__e`, `__t`) and one capped stream
+//! (`ns:{p:s:id}:log`, entry ids `<version>-0`); per section one pub/sub channel
+//! (`ns:deltas:p:s`). One Lua script does the whole commit (check, write, log, trim, publish,
+//! TTL); it is called by SHA and reloaded after `NOSCRIPT`.
+//!
+//! # Cluster
+//!
+//! Give several comma-separated node URLs (or call [`RedisStoreBuilder::cluster`]). A document's
+//! keys share a hash tag, so every script runs on one node. Deltas are published with plain
+//! `PUBLISH`, which Redis Cluster broadcasts to every node; subscribers listen on any one node.
+//! `docs/redis-cluster-fanout.md` explains the choice and its measured cost.
+//!
+//! # Errors and faults
+//!
+//! Redis errors never leak: connection problems, timeouts and cluster redirections that could
+//! not be resolved become [`Error::Unavailable`] (retryable); a key in our namespace with a
+//! foreign layout, an unreadable log entry or channel message becomes [`Error::Malformed`];
+//! anything else [`Error::Backend`]. Reads are retried with exponential backoff until
+//! [`RedisStoreBuilder::retry_deadline`]; commits and deletes are not retried (a lost reply may
+//! hide an applied write; the caller sees `Unavailable` and the manager's next attempt sees the
+//! true version). A subscription ends when its connection is lost, so the sync service
+//! re-subscribes and runs anti-entropy.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod layout;
+mod scripts;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use electric_core::delta::{Delta, DeltaKind};
+use electric_core::store::{
+    Changes, Commit, CommitOutcome, Snapshot, Store, Subscription, SubscriptionEvent,
+};
+use electric_core::{Epoch, Error, Key, Result, SectionId, Stamp, Version};
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, RedisError, RedisFuture, Script, Value as RValue};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+pub use layout::Layout;
+/// The Redis client crate this store is built on, for [`RedisStore::query`] callers.
+pub use redis;
+
+/// Default namespace (key prefix).
+pub const DEFAULT_NAMESPACE: &str = "electric";
+/// Default number of deltas kept per document log.
+pub const DEFAULT_LOG_CAPACITY: usize = 1000;
+/// Default number of decoded deltas buffered per subscription.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 8192;
+
+/// Builder for [`RedisStore`]; see each setting for its default.
+#[derive(Clone, Debug)]
+pub struct RedisStoreBuilder {
+    urls: Vec<String>,
+    cluster: bool,
+    namespace: String,
+    log_capacity: usize,
+    subscription_capacity: usize,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    retry_deadline: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// Keys are prefixed with `ns` (default [`DEFAULT_NAMESPACE`]); the same rules as key parts.
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+
+    /// Deltas kept per document (default [`DEFAULT_LOG_CAPACITY`]; at least 1). Older ones are
+    /// trimmed and `changes_since` reports [`Changes::Trimmed`].
+    pub fn log_capacity(mut self, n: usize) -> Self {
+        self.log_capacity = n;
+        self
+    }
+
+    /// Decoded deltas buffered per subscription (default [`DEFAULT_SUBSCRIPTION_CAPACITY`]).
+    /// When the consumer falls further behind, newer deltas are dropped and counted, and the
+    /// consumer receives [`SubscriptionEvent::Lagged`] once it catches up.
+    pub fn subscription_capacity(mut self, n: usize) -> Self {
+        self.subscription_capacity = n;
+        self
+    }
+
+    /// Treat the URLs as seed nodes of a Redis Cluster (implied by several URLs).
+    pub fn cluster(mut self, yes: bool) -> Self {
+        self.cluster = yes;
+        self
+    }
+
+    /// Longest wait for the first connection (default 5 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Longest wait for one reply (default 2 s).
+    pub fn response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+
+    /// How long reads keep retrying transient failures (default 3 s).
+    pub fn retry_deadline(mut self, d: Duration) -> Self {
+        self.retry_deadline = d;
+        self
+    }
+
+    /// Validates the settings, connects and loads the scripts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a bad URL, namespace or capacity; [`Error::Unavailable`]
+    /// when no connection could be made before the connect timeout.
+    pub async fn connect(self) -> Result<RedisStore> {
+        electric_core::key::validate_part("id", &self.namespace)
+            .map_err(|e| Error::InvalidConfig(format!("namespace {:?}: {e}", self.namespace)))?;
+        if self.log_capacity == 0 || self.subscription_capacity == 0 || self.urls.is_empty() {
+            return Err(Error::InvalidConfig(
+                "redis store needs a url and capacities of at least 1".into(),
+            ));
+        }
+        let invalid = |e: RedisError| Error::InvalidConfig(format!("redis url: {e}"));
+        let clients = self
+            .urls
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()).map_err(invalid))
+            .collect::<Result<Vec<_>>>()?;
+        let cluster = self.cluster || self.urls.len() > 1;
+        let timeout = self.connect_timeout;
+        let conn = if cluster {
+            let client = redis::cluster::ClusterClient::builder(self.urls.clone())
+                .connection_timeout(self.connect_timeout)
+                .response_timeout(self.response_timeout)
+                .retries(3)
+                .build()
+                .map_err(invalid)?;
+            let c = tokio::time::timeout(timeout, client.get_async_connection())
+                .await
+                .map_err(|_| unavailable_timeout("cluster connect"))?
+                .map_err(map_err)?;
+            Conn::Cluster(c)
+        } else {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.connect_timeout))
+                .set_response_timeout(Some(self.response_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            let c = tokio::time::timeout(
+                timeout,
+                clients[0].get_connection_manager_with_config(config),
+            )
+            .await
+            .map_err(|_| unavailable_timeout("connect"))?
+            .map_err(map_err)?;
+            Conn::Single(c)
+        };
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                clients,
+                cluster,
+                layout: Layout::new(self.namespace),
+                log_capacity: self.log_capacity,
+                subscription_capacity: self.subscription_capacity,
+                response_timeout: self.response_timeout,
+                retry_deadline: self.retry_deadline,
+                commit: Script::new(scripts::COMMIT),
+                delete: Script::new(scripts::DELETE),
+                changes: Script::new(scripts::CHANGES),
+                expire: Script::new(scripts::EXPIRE),
+                stats: Stats::default(),
+            }),
+        };
+        store.load_scripts().await?;
+        Ok(store)
+    }
+}
+
+/// Counters of what a [`RedisStore`] repaired or dropped.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Read calls retried after a transient failure.
+    pub retries: AtomicU64,
+    /// Channel messages that could not be decoded (reported to the subscriber as errors).
+    pub malformed_messages: AtomicU64,
+    /// Deltas dropped because a subscriber's buffer was full (reported as `Lagged`).
+    pub lagged: AtomicU64,
+    /// Subscriptions that ended because their connection was lost.
+    pub subscriptions_lost: AtomicU64,
+}
+
+/// The production store: documents, change logs and delta channels in Redis. Cheap to clone.
+///
+/// See the [crate docs](crate) for the layout and fault handling.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    clients: Vec<redis::Client>,
+    cluster: bool,
+    layout: Layout,
+    log_capacity: usize,
+    subscription_capacity: usize,
+    response_timeout: Duration,
+    retry_deadline: Duration,
+    commit: Script,
+    delete: Script,
+    changes: Script,
+    expire: Script,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("namespace", &self.inner.layout.namespace())
+            .field("cluster", &self.inner.cluster)
+            .field("log_capacity", &self.inner.log_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One connection handle, single node or cluster; both multiplex concurrent requests.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, RValue> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<RValue>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+fn unavailable_timeout(what: &str) -> Error {
+    Error::Unavailable {
+        reason: format!("redis {what} timed out"),
+    }
+}
+
+/// Maps a redis error to ours: transient ones are `Unavailable`, our scripts' layout checks and
+/// `WRONGTYPE` are `Malformed`, the rest `Backend`.
+pub(crate) fn map_err(e: RedisError) -> Error {
+    let code = e.code().unwrap_or_default();
+    if code == "ELECTRIC_MALFORMED" || code == "WRONGTYPE" {
+        return Error::Malformed {
+            what: "document",
+            reason: e.to_string(),
+        };
+    }
+    if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_cluster_error() {
+        return Error::Unavailable {
+            reason: e.to_string(),
+        };
+    }
+    match e.retry_method() {
+        redis::RetryMethod::NoRetry => Error::Backend {
+            reason: e.to_string(),
+        },
+        _ => Error::Unavailable {
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn malformed(what: &'static str, reason: impl Into<String>) -> Error {
+    Error::Malformed {
+        what,
+        reason: reason.into(),
+    }
+}
+
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    // Keys, strings, patches and JSON values always serialize.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn as_str(v: &RValue) -> Option<&str> {
+    match v {
+        RValue::BulkString(b) => std::str::from_utf8(b).ok(),
+        RValue::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn as_u64(v: &RValue) -> Option<u64> {
+    match v {
+        RValue::Int(i) => u64::try_from(*i).ok(),
+        other => as_str(other)?.parse().ok(),
+    }
+}
+
+fn parse_epoch(v: &RValue) -> Result<Epoch> {
+    as_str(v)
+        .ok_or_else(|| malformed("document", "epoch is not a string"))?
+        .parse()
+        .map_err(|e: String| malformed("document", e))
+}
+
+fn parse_stamp(epoch: &RValue, version: &RValue) -> Result<Stamp> {
+    Ok(Stamp {
+        epoch: parse_epoch(epoch)?,
+        version: as_u64(version).ok_or_else(|| malformed("document", "version is not a number"))?,
+    })
+}
+
+impl RedisStore {
+    /// A builder for a store at `url`: one `redis://` URL, or several comma-separated ones for a
+    /// cluster's seed nodes.
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            urls: url
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            cluster: false,
+            namespace: DEFAULT_NAMESPACE.into(),
+            log_capacity: DEFAULT_LOG_CAPACITY,
+            subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(2),
+            retry_deadline: Duration::from_secs(3),
+        }
+    }
+
+    /// Connects with default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<RedisStore> {
+        Self::builder(url).connect().await
+    }
+
+    /// Key and channel names.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// Whether this store talks to a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.cluster
+    }
+
+    /// The log capacity.
+    pub fn log_capacity(&self) -> usize {
+        self.inner.log_capacity
+    }
+
+    /// What the store repaired or dropped so far.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// The SHA1 of the commit script (for callers that invoke it directly, e.g. benchmarks).
+    pub fn commit_script_sha(&self) -> &str {
+        self.inner.commit.get_hash()
+    }
+
+    /// Loads every script (done at connect; the store also reloads after `NOSCRIPT`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] / [`Error::Backend`].
+    pub async fn load_scripts(&self) -> Result<()> {
+        let i = &self.inner;
+        for s in [&i.commit, &i.delete, &i.changes, &i.expire] {
+            let mut conn = i.conn.clone();
+            s.prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a raw command (through the cluster routing when on a cluster), mapping errors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] / [`Error::Backend`] / [`Error::Malformed`].
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        let mut conn = self.inner.conn.clone();
+        cmd.query_async(&mut conn).await.map_err(map_err)
+    }
+
+    /// Calls the commit script exactly as [`Store::commit`] does, with pre-built arguments, and
+    /// returns the raw reply (for benchmarks measuring the script itself).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::commit`].
+    pub async fn commit_raw(&self, keys: &[String], args: &[String]) -> Result<RValue> {
+        let mut inv = self.inner.commit.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(a);
+        }
+        let mut conn = self.inner.conn.clone();
+        inv.invoke_async(&mut conn).await.map_err(map_err)
+    }
+
+    /// The commit script's `(KEYS, ARGV)` for `commit` (see `scripts.rs` for their meaning).
+    pub fn commit_args(&self, commit: &Commit) -> (Vec<String>, Vec<String>) {
+        let l = &self.inner.layout;
+        let (ee, ev) = match commit.expected {
+            Some(s) => (s.epoch.to_string(), s.version.to_string()),
+            None => (String::new(), "0".to_string()),
+        };
+        let ttl = commit.ttl.map_or(0, |d| d.as_millis().max(1));
+        let kind = match commit.kind {
+            DeltaKind::Patch => "patch",
+            DeltaKind::Snapshot => "snapshot",
+            DeltaKind::Delete => "delete",
+        };
+        let sets = commit.fields.iter().filter(|(_, v)| v.is_some()).count();
+        let mut args = Vec::with_capacity(11 + commit.fields.len() * 2);
+        args.extend([
+            ee,
+            ev,
+            Epoch::random().to_string(),
+            self.inner.log_capacity.to_string(),
+            ttl.to_string(),
+            l.channel(&commit.key.section_id()),
+            json(&commit.key),
+            json(&commit.origin),
+            kind.to_string(),
+            json(&commit.ops),
+            sets.to_string(),
+        ]);
+        for (name, value) in &commit.fields {
+            if let Some(v) = value {
+                args.push(format!("{}{name}", layout::MEMBER_PREFIX));
+                args.push(json(v));
+            }
+        }
+        for (name, value) in &commit.fields {
+            if value.is_none() {
+                args.push(format!("{}{name}", layout::MEMBER_PREFIX));
+            }
+        }
+        (vec![l.doc_key(&commit.key), l.log_key(&commit.key)], args)
+    }
+
+    /// Retries `op` on transient errors with exponential backoff (10 ms doubling to 500 ms,
+    /// full jitter) until the retry deadline.
+    async fn read<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.retry_deadline;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match op(self.inner.conn.clone()).await {
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                    self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "redis read failed; retrying");
+                    let jitter = rand::random::<f64>();
+                    tokio::time::sleep(backoff.mul_f64(0.5 + jitter / 2.0)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Deletes every key of this store's namespace (for tests and tools; O(keys), uses `SCAN`).
+    /// Returns how many keys were deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] / [`Error::Backend`].
+    pub async fn purge_namespace(&self) -> Result<u64> {
+        let pattern = self.inner.layout.pattern();
+        let mut deleted = 0;
+        for client in &self.inner.clients {
+            let mut node = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(map_err)?;
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut node)
+                    .await
+                    .map_err(map_err)?;
+                for k in keys {
+                    // Through the store's connection, so the cluster routes it to its owner.
+                    deleted += self.query::<u64>(redis::cmd("DEL").arg(&k)).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            if !self.inner.cluster {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn decode_entry(key: &Key, entry: &RValue) -> Result<Delta> {
+        let bad = |r: &str| malformed("log entry", format!("{key}: {r}"));
+        let RValue::Array(parts) = entry else {
+            return Err(bad("not an array"));
+        };
+        let [id, RValue::Array(fields)] = parts.as_slice() else {
+            return Err(bad("not [id, fields]"));
+        };
+        let id = as_str(id).ok_or_else(|| bad("id is not a string"))?;
+        let version: Version = id
+            .split('-')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("bad id"))?;
+        let data = fields
+            .chunks(2)
+            .find(|c| as_str(&c[0]) == Some(layout::LOG_FIELD))
+            .and_then(|c| match c.get(1) {
+                Some(RValue::BulkString(b)) => Some(b.as_slice()),
+                _ => None,
+            })
+            .ok_or_else(|| bad("no delta field"))?;
+        let delta = Delta::decode(data).map_err(|e| bad(&e.to_string()))?;
+        if delta.key != *key || delta.version != version {
+            return Err(bad("entry belongs to another key or version"));
+        }
+        Ok(delta)
+    }
+
+    fn parse_snapshot(key: &Key, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Snapshot>> {
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let bad = |r: String| malformed("document", format!("{key}: {r}"));
+        let (mut version, mut epoch, mut time) = (None, None, None);
+        let mut doc = Map::with_capacity(fields.len());
+        for (name, value) in fields {
+            let name =
+                String::from_utf8(name).map_err(|_| bad("field name is not UTF-8".into()))?;
+            if let Some(member) = name.strip_prefix(layout::MEMBER_PREFIX) {
+                let v: Value = serde_json::from_slice(&value)
+                    .map_err(|e| bad(format!("member {member:?}: {e}")))?;
+                doc.insert(member.to_string(), v);
+                continue;
+            }
+            let text = String::from_utf8(value).map_err(|_| bad(format!("{name} is not UTF-8")))?;
+            match name.as_str() {
+                layout::VERSION_FIELD => version = text.parse::<u64>().ok(),
+                layout::EPOCH_FIELD => epoch = text.parse::<Epoch>().ok(),
+                layout::TIME_FIELD => time = text.parse::<u64>().ok(),
+                n if n.starts_with("__") => {} // reserved for future layouts
+                n => return Err(bad(format!("foreign field {n:?}"))),
+            }
+        }
+        match (version, epoch, time) {
+            (Some(version), Some(epoch), Some(change_time)) => Ok(Some(Snapshot {
+                stamp: Stamp { epoch, version },
+                change_time,
+                doc,
+            })),
+            _ => Err(bad("missing or invalid __v, __e or __t".into())),
+        }
+    }
+
+    async fn pubsub(&self) -> Result<redis::aio::PubSub> {
+        // On a cluster, PUBLISH reaches every node: any reachable one will do.
+        let mut last = None;
+        for client in &self.inner.clients {
+            match tokio::time::timeout(self.inner.response_timeout, client.get_async_pubsub()).await
+            {
+                Ok(Ok(p)) => return Ok(p),
+                Ok(Err(e)) => last = Some(map_err(e)),
+                Err(_) => last = Some(unavailable_timeout("pubsub connect")),
+            }
+        }
+        Err(last.unwrap_or_else(|| unavailable_timeout("pubsub connect")))
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn load(&self, key: &Key) -> Result<Option<Snapshot>> {
+        let doc_key = self.inner.layout.doc_key(key);
+        let fields = self
+            .read(|mut c| {
+                let doc_key = &doc_key;
+                async move {
+                    redis::cmd("HGETALL")
+                        .arg(doc_key)
+                        .query_async::<Vec<(Vec<u8>, Vec<u8>)>>(&mut c)
+                        .await
+                        .map_err(map_err)
+                }
+            })
+            .await?;
+        Self::parse_snapshot(key, fields)
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        if commit.kind == DeltaKind::Delete {
+            return Err(Error::InvalidConfig(
+                "commit kind must be patch or snapshot; use delete()".into(),
+            ));
+        }
+        let (keys, args) = self.commit_args(&commit);
+        let reply = self.commit_raw(&keys, &args).await?;
+        let bad = |r: &str| Error::Backend {
+            reason: format!("commit script replied {r}"),
+        };
+        let RValue::Array(items) = reply else {
+            return Err(bad("a non-array"));
+        };
+        match (items.first().and_then(as_u64), items.as_slice()) {
+            (Some(0), [_]) => Ok(CommitOutcome::Conflict { actual: None }),
+            (Some(0), [_, e, v]) => Ok(CommitOutcome::Conflict {
+                actual: Some(parse_stamp(e, v)?),
+            }),
+            (Some(1), [_, e, v, t]) => {
+                let stamp = parse_stamp(e, v)?;
+                let change_time = as_u64(t).ok_or_else(|| bad("a bad time"))?;
+                Ok(CommitOutcome::Committed(Arc::new(Delta {
+                    key: commit.key,
+                    epoch: stamp.epoch,
+                    base: stamp.version - 1,
+                    version: stamp.version,
+                    change_time,
+                    origin: commit.origin,
+                    kind: commit.kind,
+                    ops: commit.ops,
+                })))
+            }
+            _ => Err(bad("an unexpected shape")),
+        }
+    }
+
+    async fn changes_since(&self, key: &Key, after: Version) -> Result<Changes> {
+        let l = &self.inner.layout;
+        let (doc_key, log_key) = (l.doc_key(key), l.log_key(key));
+        let reply: RValue = self
+            .read(|mut c| {
+                let mut inv = self.inner.changes.key(&doc_key);
+                inv.key(&log_key).arg(after);
+                async move { inv.invoke_async(&mut c).await.map_err(map_err) }
+            })
+            .await?;
+        let bad = |r: &str| malformed("log", format!("{key}: {r}"));
+        let RValue::Array(items) = reply else {
+            return Err(bad("script replied a non-array"));
+        };
+        match (items.first().and_then(as_u64), items.as_slice()) {
+            (Some(0), _) => Ok(Changes::Missing),
+            (Some(2), [_, v, e, earliest]) => Ok(Changes::Trimmed {
+                epoch: parse_stamp(e, v)?.epoch,
+                earliest: as_u64(earliest).ok_or_else(|| bad("bad earliest"))?,
+            }),
+            (Some(1), [_, v, e, RValue::Array(entries)]) => {
+                let stamp = parse_stamp(e, v)?;
+                let mut deltas = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let d = Self::decode_entry(key, entry)?;
+                    if d.epoch != stamp.epoch {
+                        return Err(bad("log entry from another epoch"));
+                    }
+                    deltas.push(Arc::new(d));
+                }
+                Ok(Changes::Deltas {
+                    epoch: stamp.epoch,
+                    deltas,
+                })
+            }
+            _ => Err(bad("script replied an unexpected shape")),
+        }
+    }
+
+    async fn stamps(&self, keys: &[Key]) -> Result<Vec<Option<Stamp>>> {
+        let doc_keys: Vec<String> = keys.iter().map(|k| self.inner.layout.doc_key(k)).collect();
+        let replies: Vec<(Option<String>, Option<String>)> = self
+            .read(|c| {
+                // Concurrent requests on a multiplexed connection are pipelined; on a cluster
+                // each goes to its slot's node.
+                let futs = doc_keys.iter().map(|k| {
+                    let mut c = c.clone();
+                    async move {
+                        redis::cmd("HMGET")
+                            .arg(k)
+                            .arg(layout::VERSION_FIELD)
+                            .arg(layout::EPOCH_FIELD)
+                            .query_async::<(Option<String>, Option<String>)>(&mut c)
+                            .await
+                            .map_err(map_err)
+                    }
+                });
+                futures_util::future::try_join_all(futs)
+            })
+            .await?;
+        // A hash without both fields looks missing to HMGET: tell a foreign layout apart.
+        for (k, r) in doc_keys.iter().zip(&replies) {
+            if *r == (None, None) && self.query::<bool>(redis::cmd("EXISTS").arg(k)).await? {
+                return Err(malformed("document", format!("{k} lacks __v and __e")));
+            }
+        }
+        keys.iter()
+            .zip(replies)
+            .map(|(key, r)| match r {
+                (Some(v), Some(e)) => Ok(Some(Stamp {
+                    version: v
+                        .parse()
+                        .map_err(|_| malformed("document", format!("{key}: bad __v")))?,
+                    epoch: e
+                        .parse()
+                        .map_err(|e: String| malformed("document", format!("{key}: {e}")))?,
+                })),
+                (None, None) => Ok(None),
+                _ => Err(malformed("document", format!("{key}: lacks __v or __e"))),
+            })
+            .collect()
+    }
+
+    async fn delete(&self, key: &Key, origin: &str) -> Result<bool> {
+        let l = &self.inner.layout;
+        let mut inv = self.inner.delete.key(l.doc_key(key));
+        inv.key(l.log_key(key))
+            .arg(l.channel(&key.section_id()))
+            .arg(json(key))
+            .arg(json(origin));
+        let mut conn = self.inner.conn.clone();
+        let n: u64 = inv.invoke_async(&mut conn).await.map_err(map_err)?;
+        Ok(n > 0)
+    }
+
+    async fn expire(&self, key: &Key, ttl: Duration) -> Result<bool> {
+        let l = &self.inner.layout;
+        let (doc_key, log_key) = (l.doc_key(key), l.log_key(key));
+        let ms = ttl.as_millis().max(1) as u64;
+        let n: u64 = self
+            .read(|mut c| {
+                let mut inv = self.inner.expire.key(&doc_key);
+                inv.key(&log_key).arg(ms);
+                async move { inv.invoke_async(&mut c).await.map_err(map_err) }
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn ttl(&self, key: &Key) -> Result<Option<Duration>> {
+        let doc_key = self.inner.layout.doc_key(key);
+        let ms: i64 = self
+            .read(|mut c| {
+                let doc_key = &doc_key;
+                async move {
+                    redis::cmd("PTTL")
+                        .arg(doc_key)
+                        .query_async(&mut c)
+                        .await
+                        .map_err(map_err)
+                }
+            })
+            .await?;
+        Ok((ms >= 0).then(|| Duration::from_millis(ms as u64)))
+    }
+
+    async fn subscribe(&self, section: &SectionId) -> Result<Subscription> {
+        let mut pubsub = self.pubsub().await?;
+        let channel = self.inner.layout.channel(section);
+        tokio::time::timeout(self.inner.response_timeout, pubsub.subscribe(&channel))
+            .await
+            .map_err(|_| unavailable_timeout("subscribe"))?
+            .map_err(map_err)?;
+        let (tx, rx) = mpsc::channel(self.inner.subscription_capacity);
+        let store = self.clone();
+        let section = section.clone();
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            let stats = &store.inner.stats;
+            let mut missed = 0u64;
+            loop {
+                let msg = tokio::select! {
+                    _ = tx.closed() => return,
+                    m = messages.next() => m,
+                };
+                let Some(msg) = msg else {
+                    stats.subscriptions_lost.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%section, "redis subscription lost");
+                    return;
+                };
+                let item = match Delta::decode(msg.get_payload_bytes()) {
+                    Ok(d) if d.key.in_section(&section) => {
+                        Ok(SubscriptionEvent::Delta(Arc::new(d)))
+                    }
+                    Ok(d) => Err(malformed(
+                        "delta",
+                        format!("{} published on the channel of {section}", d.key),
+                    )),
+                    Err(e) => Err(e),
+                };
+                if item.is_err() {
+                    stats.malformed_messages.fetch_add(1, Ordering::Relaxed);
+                }
+                if missed > 0 {
+                    match tx.try_send(Ok(SubscriptionEvent::Lagged { missed })) {
+                        Ok(()) => missed = 0,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            missed += 1;
+                            stats.lagged.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+                match tx.try_send(item) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        missed += 1;
+                        stats.lagged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+        });
+        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .boxed())
+    }
+}

@@ -1,0 +1,159 @@
+//! Helpers shared by the Redis tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use electric_redis::RedisStore;
+use electric_testkit::conformance::StoreUnderTest;
+use electric_testkit::services;
+
+/// The single-node URL under test.
+pub fn redis_url() -> String {
+    services::service_url("REDIS", "redis://127.0.0.1:6379")
+}
+
+/// The cluster seed URLs under test (comma-separated), if configured.
+pub fn cluster_url() -> Option<String> {
+    std::env::var("ELECTRIC_TEST_REDIS_CLUSTER_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A store in a fresh namespace on `url`, or `None` (skipping, or failing when services are
+/// required) when the server is unreachable.
+pub async fn store_at(url: &str, service: &str, log_capacity: usize) -> Option<RedisStore> {
+    let result = RedisStore::builder(url)
+        .namespace(electric_testkit::unique("electric-test"))
+        .log_capacity(log_capacity)
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await;
+    match result {
+        Ok(s) => Some(s),
+        Err(e) => {
+            services::skip_or_fail(service, &format!("{url}: {e}"));
+            None
+        }
+    }
+}
+
+/// A single-node store in a fresh namespace.
+pub async fn single(log_capacity: usize) -> Option<RedisStore> {
+    store_at(&redis_url(), "redis", log_capacity).await
+}
+
+/// A cluster store in a fresh namespace.
+pub async fn cluster(log_capacity: usize) -> Option<RedisStore> {
+    match cluster_url() {
+        Some(url) => store_at(&url, "redis cluster", log_capacity).await,
+        None => {
+            services::skip_or_fail(
+                "redis cluster",
+                "ELECTRIC_TEST_REDIS_CLUSTER_URL is not set (.ci/run starts one)",
+            );
+            None
+        }
+    }
+}
+
+/// A conformance subject plus the cleanup deleting its namespace.
+pub fn conformance_subject(
+    store: Option<RedisStore>,
+    log_capacity: usize,
+) -> Option<(StoreUnderTest, impl Future<Output = ()>)> {
+    let store = store?;
+    let sut = StoreUnderTest {
+        store: Arc::new(store.clone()),
+        log_capacity,
+    };
+    Some((sut, async move {
+        let _ = store.purge_namespace().await;
+    }))
+}
+
+/// A redis-server started by a test on its own port (so it may be flushed, killed and have its
+/// clients killed without touching anyone else's data); stopped by PID when dropped.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one, or `None` (skip, or fail when services are required) without `redis-server`.
+    pub async fn start() -> Option<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut r = PrivateRedis { port, child: None };
+        if let Err(e) = r.spawn().await {
+            services::skip_or_fail("redis-server binary", &e);
+            return None;
+        }
+        Some(r)
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> Result<(), String> {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err("redis-server did not start listening".into())
+    }
+
+    /// Stops the server (by PID).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty).
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await.expect("restart redis-server");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs `body` on `store`, then deletes the store's namespace even if `body` panicked.
+pub async fn with_cleanup<F, Fut>(store: RedisStore, body: F)
+where
+    F: FnOnce(RedisStore) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let outcome = tokio::spawn(body(store.clone())).await;
+    let _ = store.purge_namespace().await;
+    if let Err(e) = outcome {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        panic!("test body did not finish: {e}");
+    }
+}
