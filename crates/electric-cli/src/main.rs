@@ -7,6 +7,10 @@ mod redis_cmds;
 
 use clap::{Parser, Subcommand};
 
+// Measured: glibc malloc/free were ~20 % of the client's CPU in `electric bench`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Electric: versioned JSON documents shared live between services.
 #[derive(Parser)]
 #[command(name = "electric", version, about)]
