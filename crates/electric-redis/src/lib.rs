@@ -220,6 +220,9 @@ pub struct Stats {
     pub lagged: AtomicU64,
     /// Subscriptions that ended because their connection was lost.
     pub subscriptions_lost: AtomicU64,
+    /// Commits that found a change log reaching past the document (a foreign writer) and
+    /// dropped it before appending.
+    pub log_repairs: AtomicU64,
 }
 
 /// The production store: documents, change logs and delta channels in Redis. Cheap to clone.
@@ -686,7 +689,11 @@ impl Store for RedisStore {
             (Some(0), [_, e, v]) => Ok(CommitOutcome::Conflict {
                 actual: Some(parse_stamp(e, v)?),
             }),
-            (Some(1), [_, e, v, t]) => {
+            (Some(1), [_, e, v, t, repaired]) => {
+                if as_u64(repaired) == Some(1) {
+                    self.inner.stats.log_repairs.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(key = %commit.key, "dropped a change log reaching past its document");
+                }
                 let stamp = parse_stamp(e, v)?;
                 let change_time = as_u64(t).ok_or_else(|| bad("a bad time"))?;
                 Ok(CommitOutcome::Committed(Arc::new(Delta {

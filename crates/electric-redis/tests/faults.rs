@@ -483,6 +483,14 @@ async fn malformed_log_entries_are_reported_and_repaired() {
             .await
             .unwrap();
         assert!(matches!(outcome, electric_core::CommitOutcome::Committed(d) if d.version == 2));
+        assert_eq!(
+            store
+                .stats()
+                .log_repairs
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "the repair is counted"
+        );
         match store.changes_since(&k, 1).await.unwrap() {
             Changes::Deltas { deltas, .. } => assert_eq!(deltas.len(), 1),
             other => panic!("{other:?}"),
