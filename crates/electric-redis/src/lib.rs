@@ -901,3 +901,49 @@ impl Store for RedisStore {
         .boxed())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_without_leaking_redis_types() {
+        let io = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ));
+        assert!(matches!(map_err(io), Error::Unavailable { .. }));
+        let client = RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad"));
+        assert!(matches!(map_err(client), Error::Backend { .. }));
+    }
+
+    #[test]
+    fn snapshots_parse_members_and_reject_foreign_fields() {
+        let key = Key::new("p", "s", "x").unwrap();
+        let f = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let good = vec![
+            f("__v", "3"),
+            f("__e", "00000000000000aa"),
+            f("__t", "1700000000000"),
+            f(".a", "[1,2]"),
+            f(".__v", "\"member\""),
+        ];
+        let snap = RedisStore::parse_snapshot(&key, good.clone())
+            .unwrap()
+            .unwrap();
+        assert_eq!(snap.stamp.version, 3);
+        assert_eq!(snap.doc["a"], serde_json::json!([1, 2]));
+        assert_eq!(snap.doc["__v"], "member");
+        assert!(RedisStore::parse_snapshot(&key, Vec::new())
+            .unwrap()
+            .is_none());
+        for bad in [f("plain", "1"), f(".b", "{"), f("__v", "x")] {
+            let mut fields = good.clone();
+            fields.push(bad);
+            assert!(matches!(
+                RedisStore::parse_snapshot(&key, fields),
+                Err(Error::Malformed { .. })
+            ));
+        }
+    }
+}
