@@ -155,7 +155,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print_table(&report);
+        print_table(&report)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -558,25 +558,30 @@ async fn delivery_max(
     })
 }
 
-fn print_table(r: &Report) {
-    println!(
+fn print_table(r: &Report) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "Electric Redis bench — {} ({}), {} clients, {}-byte order books",
         r.url,
         if r.cluster { "cluster" } else { "single node" },
         r.concurrency,
         r.document_bytes
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  {:<18} {:>12} {:>10} {:>10}",
         "measurement", "ops/s", "p50 µs", "p99 µs"
-    );
+    )?;
     for (name, m) in &r.measurements {
-        println!(
+        writeln!(
+            out,
             "  {:<18} {:>12.0} {:>10.1} {:>10.1}",
             name, m.ops_per_sec, m.p50_us, m.p99_us
-        );
+        )?;
     }
     for (name, v) in &r.ratios {
-        println!("  {name:<18} {v:>12.2}");
+        writeln!(out, "  {name:<18} {v:>12.2}")?;
     }
+    Ok(())
 }

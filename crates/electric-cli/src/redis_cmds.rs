@@ -1,6 +1,7 @@
 //! `electric inspect`, `electric watch` and `electric hammer`: tools on a Redis store.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,14 @@ use electric::{Key, SectionId, UpdateOutcome};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+/// `println!` that reports a closed stdout (e.g. piped into `head`) as an error instead of
+/// panicking; `main` turns a broken pipe into a quiet exit.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($t)*)?
+    };
+}
 
 /// Where the store is.
 #[derive(Args, Debug, Clone)]
@@ -85,29 +94,29 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             })).collect::<Vec<_>>(),
             "log_starts_at": log.first().map(|d| d.version),
         });
-        println!("{out}");
+        outln!("{out}");
         return Ok(ExitCode::SUCCESS);
     }
     let l = store.layout();
-    println!("key          {key}");
-    println!("redis keys   {}  {}", l.doc_key(&key), l.log_key(&key));
-    println!("version      {}", snap.stamp.version);
-    println!("epoch        {}", snap.stamp.epoch);
-    println!("change time  {} ms since the Unix epoch", snap.change_time);
+    outln!("key          {key}");
+    outln!("redis keys   {}  {}", l.doc_key(&key), l.log_key(&key));
+    outln!("version      {}", snap.stamp.version);
+    outln!("epoch        {}", snap.stamp.epoch);
+    outln!("change time  {} ms since the Unix epoch", snap.change_time);
     match ttl {
-        Some(t) => println!("ttl          {:.3} s", t.as_secs_f64()),
-        None => println!("ttl          none"),
+        Some(t) => outln!("ttl          {:.3} s", t.as_secs_f64()),
+        None => outln!("ttl          none"),
     }
-    println!("fields");
+    outln!("fields");
     for (name, value) in &snap.doc {
-        println!("  {name} = {value}");
+        outln!("  {name} = {value}");
     }
     match trimmed_before {
-        Some(e) => println!("change log   {} entries (trimmed before v{e})", log.len()),
-        None => println!("change log   {} entries", log.len()),
+        Some(e) => outln!("change log   {} entries (trimmed before v{e})", log.len()),
+        None => outln!("change log   {} entries", log.len()),
     }
     for d in &log {
-        println!(
+        outln!(
             "  v{:<6} {:<8} origin {:<16} time {}  ops {}",
             d.version,
             format!("{:?}", d.kind).to_lowercase(),
@@ -156,9 +165,9 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
             Ok(SubscriptionEvent::Delta(d)) => {
                 seen += 1;
                 if args.raw {
-                    println!("{}", String::from_utf8_lossy(&d.encode()));
+                    outln!("{}", String::from_utf8_lossy(&d.encode()));
                 } else {
-                    println!(
+                    outln!(
                         "{} {} v{}->v{} epoch {} {} origin {} ops {}",
                         d.change_time,
                         d.key.id(),
@@ -171,8 +180,8 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            Ok(SubscriptionEvent::Lagged { missed }) => println!("lagged: {missed} deltas missed"),
-            Err(e) => println!("unreadable message: {e}"),
+            Ok(SubscriptionEvent::Lagged { missed }) => outln!("lagged: {missed} deltas missed"),
+            Err(e) => outln!("unreadable message: {e}"),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -305,7 +314,7 @@ pub async fn hammer(args: HammerArgs) -> anyhow::Result<ExitCode> {
         converged,
         seconds,
     };
-    println!("{}", serde_json::to_string(&report)?);
+    outln!("{}", serde_json::to_string(&report)?);
     Ok(if converged {
         ExitCode::SUCCESS
     } else {

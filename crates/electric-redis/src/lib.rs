@@ -220,6 +220,9 @@ pub struct Stats {
     pub lagged: AtomicU64,
     /// Subscriptions that ended because their connection was lost.
     pub subscriptions_lost: AtomicU64,
+    /// Commits that found a change log reaching past the document (a foreign writer) and
+    /// dropped it before appending.
+    pub log_repairs: AtomicU64,
 }
 
 /// The production store: documents, change logs and delta channels in Redis. Cheap to clone.
@@ -686,7 +689,11 @@ impl Store for RedisStore {
             (Some(0), [_, e, v]) => Ok(CommitOutcome::Conflict {
                 actual: Some(parse_stamp(e, v)?),
             }),
-            (Some(1), [_, e, v, t]) => {
+            (Some(1), [_, e, v, t, repaired]) => {
+                if as_u64(repaired) == Some(1) {
+                    self.inner.stats.log_repairs.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(key = %commit.key, "dropped a change log reaching past its document");
+                }
                 let stamp = parse_stamp(e, v)?;
                 let change_time = as_u64(t).ok_or_else(|| bad("a bad time"))?;
                 Ok(CommitOutcome::Committed(Arc::new(Delta {
@@ -892,5 +899,51 @@ impl Store for RedisStore {
             rx.recv().await.map(|item| (item, rx))
         })
         .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_without_leaking_redis_types() {
+        let io = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ));
+        assert!(matches!(map_err(io), Error::Unavailable { .. }));
+        let client = RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad"));
+        assert!(matches!(map_err(client), Error::Backend { .. }));
+    }
+
+    #[test]
+    fn snapshots_parse_members_and_reject_foreign_fields() {
+        let key = Key::new("p", "s", "x").unwrap();
+        let f = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let good = vec![
+            f("__v", "3"),
+            f("__e", "00000000000000aa"),
+            f("__t", "1700000000000"),
+            f(".a", "[1,2]"),
+            f(".__v", "\"member\""),
+        ];
+        let snap = RedisStore::parse_snapshot(&key, good.clone())
+            .unwrap()
+            .unwrap();
+        assert_eq!(snap.stamp.version, 3);
+        assert_eq!(snap.doc["a"], serde_json::json!([1, 2]));
+        assert_eq!(snap.doc["__v"], "member");
+        assert!(RedisStore::parse_snapshot(&key, Vec::new())
+            .unwrap()
+            .is_none());
+        for bad in [f("plain", "1"), f(".b", "{"), f("__v", "x")] {
+            let mut fields = good.clone();
+            fields.push(bad);
+            assert!(matches!(
+                RedisStore::parse_snapshot(&key, fields),
+                Err(Error::Malformed { .. })
+            ));
+        }
     }
 }

@@ -11,7 +11,8 @@
 /// pairs, then the fields to remove.
 ///
 /// Returns `{0}` (conflict, no key), `{0, epoch, version}` (conflict) or
-/// `{1, epoch, version, change_time}` (committed).
+/// `{1, epoch, version, change_time, repaired}` (committed; `repaired` is 1 when a log reaching
+/// past the document, written by someone else, was dropped first).
 pub(crate) const COMMIT: &str = r#"
 local cur = redis.call('HMGET', KEYS[1], '__v', '__e')
 local v, e = cur[1], cur[2]
@@ -29,6 +30,7 @@ elseif e ~= ARGV[1] or v ~= ARGV[2] then
   return {0, e, v}
 end
 local base = 0
+local repaired = 0
 local epoch = ARGV[3]
 if v then
   base = tonumber(v)
@@ -38,6 +40,7 @@ if v then
   local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
   if #last > 0 and tonumber(string.match(last[1][1], '^(%d+)')) > base then
     redis.call('DEL', KEYS[2])
+    repaired = 1
   end
 else
   redis.call('DEL', KEYS[2])
@@ -69,7 +72,7 @@ if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
-return {1, epoch, vs, ms}
+return {1, epoch, vs, ms, repaired}
 "#;
 
 /// Delete. `KEYS`: doc hash, log stream. `ARGV`: 1 channel, 2 key JSON, 3 origin JSON.

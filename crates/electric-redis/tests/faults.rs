@@ -10,11 +10,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::PrivateRedis;
+use common::{PrivateCluster, PrivateRedis};
 use electric_core::manager::{DataManager, Document, RepairReason};
 use electric_core::store::{Changes, Store, SubscriptionEvent};
 use electric_core::sync::{SyncConfig, SyncService};
 use electric_core::{Error, Key, UpdateOutcome};
+use electric_redis::redis;
 use electric_redis::RedisStore;
 use electric_testkit::conformance::set;
 use futures_util::StreamExt;
@@ -157,8 +158,46 @@ async fn killed_subscriptions_reconnect_and_replicas_converge() {
         return;
     };
     let store = RedisStore::connect(&server.url()).await.unwrap();
+    let killer = store.clone();
+    killed_subscriptions(&store, move || {
+        let s = killer.clone();
+        async move {
+            s.query::<u64>(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+}
+
+/// The same on a private three-master cluster: the pub/sub connection to a seed node is
+/// killed on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_killed_subscriptions_reconnect_and_replicas_converge() {
+    let Some(cluster) = PrivateCluster::start().await else {
+        return;
+    };
+    let store = RedisStore::connect(&cluster.url()).await.unwrap();
+    assert!(store.is_cluster());
+    let cluster = Arc::new(cluster);
+    let c = cluster.clone();
+    killed_subscriptions(&store, move || {
+        let c = c.clone();
+        async move {
+            c.on_each(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
+                .await
+        }
+    })
+    .await;
+}
+
+async fn killed_subscriptions<F, Fut>(store: &RedisStore, kill: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
     let token = CancellationToken::new();
-    let (managers, handles) = replicas(&store, 3, &token).await;
+    let (managers, handles) = replicas(store, 3, &token).await;
     let writer = {
         let m = managers[0].clone();
         tokio::spawn(async move { write_round(&m, 400).await })
@@ -170,10 +209,7 @@ async fn killed_subscriptions_reconnect_and_replicas_converge() {
     let mut kills = 0;
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(40)).await;
-        kills += store
-            .query::<u64>(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
-            .await
-            .unwrap();
+        kills += kill().await;
     }
     let ok = writer.await.unwrap() + writer2.await.unwrap();
     assert!(kills > 0, "some pub/sub connection was killed");
@@ -185,9 +221,9 @@ async fn killed_subscriptions_reconnect_and_replicas_converge() {
             > 0,
         "the store saw its subscriptions end"
     );
-    assert!(converged(&store, &managers).await, "replicas converge");
+    assert!(converged(store, &managers).await, "replicas converge");
     assert_eq!(
-        total(&store, &managers[0]).await,
+        total(store, &managers[0]).await,
         ok + DOCS as u64,
         "no update lost"
     );
@@ -210,21 +246,52 @@ async fn flushall_makes_replicas_reload_the_new_epoch() {
         return;
     };
     let store = RedisStore::connect(&server.url()).await.unwrap();
+    let flusher = store.clone();
+    flushed(&store, move || {
+        let s = flusher.clone();
+        async move { s.query::<()>(&redis::cmd("FLUSHALL")).await.unwrap() }
+    })
+    .await;
+}
+
+/// The same on a private three-master cluster, flushing every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_flushall_makes_replicas_reload_the_new_epoch() {
+    let Some(cluster) = PrivateCluster::start().await else {
+        return;
+    };
+    let store = RedisStore::connect(&cluster.url()).await.unwrap();
+    let cluster = Arc::new(cluster);
+    let c = cluster.clone();
+    flushed(&store, move || {
+        let c = c.clone();
+        async move {
+            c.on_each(&redis::cmd("FLUSHALL")).await;
+        }
+    })
+    .await;
+}
+
+async fn flushed<F, Fut>(store: &RedisStore, flush: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let token = CancellationToken::new();
-    let (managers, handles) = replicas(&store, 3, &token).await;
+    let (managers, handles) = replicas(store, 3, &token).await;
     write_round(&managers[0], 40).await;
-    assert!(converged(&store, &managers).await);
+    assert!(converged(store, &managers).await);
     let before = store
         .load(&managers[0].key("doc-0").unwrap())
         .await
         .unwrap()
         .unwrap()
         .stamp;
-    store.query::<()>(&redis::cmd("FLUSHALL")).await.unwrap();
+    flush().await;
     // The writer's cache is stale: its commit conflicts (key missing), it reloads and creates.
     let ok = write_round(&managers[0], 8).await;
     assert_eq!(ok, 8);
-    assert!(converged(&store, &managers).await, "replicas converge");
+    assert!(converged(store, &managers).await, "replicas converge");
     let after = store
         .load(&managers[0].key("doc-0").unwrap())
         .await
@@ -483,6 +550,14 @@ async fn malformed_log_entries_are_reported_and_repaired() {
             .await
             .unwrap();
         assert!(matches!(outcome, electric_core::CommitOutcome::Committed(d) if d.version == 2));
+        assert_eq!(
+            store
+                .stats()
+                .log_repairs
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "the repair is counted"
+        );
         match store.changes_since(&k, 1).await.unwrap() {
             Changes::Deltas { deltas, .. } => assert_eq!(deltas.len(), 1),
             other => panic!("{other:?}"),

@@ -157,3 +157,91 @@ where
         panic!("test body did not finish: {e}");
     }
 }
+
+/// A private three-master Redis Cluster started by a test with `.ci/redis-cluster` on random
+/// ports; its servers are stopped by PID when dropped.
+pub struct PrivateCluster {
+    pids: Vec<String>,
+    urls: Vec<String>,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateCluster {
+    /// Starts one, or `None` (skip, or fail when services are required).
+    pub async fn start() -> Option<PrivateCluster> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/redis-cluster");
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        let base = (0..50)
+            .map(|_| 20_000 + (rand::random::<u16>() % 20_000))
+            .find(|&b| (0..3).all(|i| free(b + i) && free(b + i + 10_000)))
+            .expect("free ports");
+        let dir = std::env::temp_dir().join(electric_testkit::unique("electric-cluster"));
+        let out = tokio::process::Command::new(script)
+            .arg("start")
+            .arg(base.to_string())
+            .arg(&dir)
+            .output()
+            .await;
+        let out = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).to_string(),
+            Ok(o) => {
+                services::skip_or_fail(
+                    "private redis cluster",
+                    &String::from_utf8_lossy(&o.stderr),
+                );
+                return None;
+            }
+            Err(e) => {
+                services::skip_or_fail("private redis cluster", &e.to_string());
+                return None;
+            }
+        };
+        let field = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_default()
+                .to_string()
+        };
+        Some(PrivateCluster {
+            pids: field("PIDS ")
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            urls: field("URL ").split(',').map(String::from).collect(),
+            dir,
+        })
+    }
+
+    /// The seed URLs, comma-separated.
+    pub fn url(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// Runs `cmd` on every node; returns the sum of integer replies.
+    pub async fn on_each(&self, cmd: &redis::Cmd) -> u64 {
+        let mut sum = 0;
+        for url in &self.urls {
+            let client = redis::Client::open(url.as_str()).expect("node url");
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("node connection");
+            let v: redis::Value = cmd.query_async(&mut c).await.expect("node command");
+            if let redis::Value::Int(n) = v {
+                sum += n as u64;
+            }
+        }
+        sum
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/redis-cluster");
+        let _ = std::process::Command::new(script)
+            .arg("stop")
+            .args(&self.pids)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
