@@ -5,17 +5,14 @@ mod bench;
 mod demo;
 mod redis_cmds;
 
-/// Documents are serialized to JSON trees to diff and patch them, which is allocation-heavy;
-/// mimalloc makes `update` markedly faster than glibc's allocator (see BENCHMARKS.md; the library leaves the
-/// choice of allocator to the application).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand};
 
-// Measured: glibc malloc/free were ~20 % of the client's CPU in `electric bench`.
+/// Documents are serialized to JSON trees to diff and patch them, which is allocation-heavy:
+/// glibc malloc/free were about 20 % of the client's CPU in `electric bench`, and mimalloc makes
+/// `update` markedly faster (see BENCHMARKS.md). The library leaves the allocator to the
+/// application; this is the binary's choice.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Electric: versioned JSON documents shared live between services.
 #[derive(Parser)]

@@ -528,3 +528,18 @@ async fn a_full_store_refuses_new_documents_and_keeps_the_rest() {
     assert_eq!(m.update("a", |c| c.n = 2).await.unwrap().version(), 2);
     assert!(MemoryStore::builder().max_documents(0).build().is_err());
 }
+
+#[tokio::test]
+async fn get_or_default_caches_nothing_so_a_later_create_is_seen() {
+    let store = Arc::new(MemoryStore::new());
+    let (a, b) = (manager(&store), manager(&store));
+    let empty = b.get_or_default("new").await.unwrap();
+    assert_eq!((empty.n, empty.stamp()), (0, None));
+    assert!(b.cached("new").is_none(), "the empty value is not cached");
+    let UpdateOutcome::Changed { delta, .. } = a.update("new", |c| c.n = 5).await.unwrap() else {
+        panic!()
+    };
+    b.apply_remote(delta).await;
+    assert_eq!(b.get("new").await.unwrap().unwrap().n, 5);
+    assert_eq!(b.get_or_default("new").await.unwrap().n, 5);
+}
