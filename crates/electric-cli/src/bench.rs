@@ -53,6 +53,26 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout instead of a table (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Run only these measurements (comma-separated names from the table above; a ratio is
+    /// reported when both of its measurements ran). Default: all.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(NAMES))]
+    only: Vec<String>,
+}
+
+/// Every measurement, in the order they run.
+const NAMES: [&str; 6] = [
+    "commit_script_raw",
+    "update",
+    "load_raw",
+    "load",
+    "delivery",
+    "delivery_max",
+];
+
+impl BenchArgs {
+    fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|n| n == name)
+    }
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -167,141 +187,153 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
     let document_bytes = serde_json::to_vec(&sample)?.len();
     let mut measurements = std::collections::BTreeMap::new();
 
-    // commit_script_raw: one document per client, arguments built once per client.
-    progress("commit_script_raw");
     let writer = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "books")
         .origin("bench-writer")
         .max_entries(1_000_000)
         .build()?;
-    let mut raw = Vec::new();
-    for i in 0..c {
-        let id = book_id("raw-", i);
-        let v = writer
-            .update(&id, |b| b.mutate(&mut SmallRng::seed_from_u64(i as u64)))
-            .await?
-            .version();
-        let doc = writer.cached(&id).context("cached after update")?;
-        let old = serde_json::to_value(doc.value())?;
-        let mut next = doc.value().clone();
-        next.mutate(&mut SmallRng::seed_from_u64(7 + i as u64));
-        let new = serde_json::to_value(&next)?;
-        let ops = patch::diff(&old, &new);
-        let mut names: Vec<String> = ops
-            .0
-            .iter()
-            .filter_map(|op| {
-                AsRef::<str>::as_ref(op.path())
-                    .split('/')
-                    .nth(1)
-                    .map(str::to_string)
-            })
-            .collect();
-        names.sort();
-        names.dedup();
-        let fields = names
-            .iter()
-            .map(|n| (n.clone(), new.get(n).cloned()))
-            .collect();
-        let commit = Commit {
-            key: writer.key(&id)?,
-            expected: doc.stamp(),
-            fields,
-            kind: DeltaKind::Patch,
-            ops,
-            origin: "bench-raw".into(),
-            ttl: None,
-        };
-        let (keys, argv) = store.commit_args(&commit);
-        raw.push(Mutex::new((keys, argv, v)));
-    }
-    let raw = Arc::new(raw);
-    let s = store.clone();
-    let m = closed_loop(c, args.seconds, move |client, _| {
-        let (s, raw) = (s.clone(), raw.clone());
-        async move {
-            let (keys, mut argv, v) = {
-                let g = raw[client].lock().unwrap_or_else(|p| p.into_inner());
-                g.clone()
-            };
-            argv[1] = v.to_string();
-            let reply = s.commit_raw(&keys, &argv).await?;
-            let ok = matches!(&reply, electric::redis::redis::Value::Array(a)
-                if matches!(a.first(), Some(electric::redis::redis::Value::Int(1))));
-            ensure!(ok, "raw commit conflicted: {reply:?}");
-            raw[client].lock().unwrap_or_else(|p| p.into_inner()).2 = v + 1;
-            Ok(())
-        }
-    })
-    .await?;
-    measurements.insert("commit_script_raw", m);
-
-    // update: DataManager::update on warm, distinct keys.
-    progress("update");
+    // The documents `update`, `load_raw` and `load` work on: one per client.
     for i in 0..c {
         let _ = writer.update(&book_id("upd-", i), |b| b.seq += 1).await?;
     }
-    let w = writer.clone();
-    let m = closed_loop(c, args.seconds, move |client, i| {
-        let w = w.clone();
-        async move {
-            let mut rng = SmallRng::seed_from_u64(i ^ client as u64);
-            let _ = w
-                .update(&book_id("upd-", client), |b| b.mutate(&mut rng))
-                .await?;
-            Ok(())
-        }
-    })
-    .await?;
-    measurements.insert("update", m);
-
-    // load_raw and load: HGETALL vs a cold get of the same documents.
-    progress("load_raw");
-    let s = store.clone();
     let keys: Arc<Vec<String>> = Arc::new(
         (0..c)
-            .map(|i| Ok(s.layout().doc_key(&writer.key(&book_id("upd-", i))?)))
+            .map(|i| Ok(store.layout().doc_key(&writer.key(&book_id("upd-", i))?)))
             .collect::<anyhow::Result<_>>()?,
     );
-    let m = closed_loop(c, args.seconds, move |client, _| {
-        let (s, keys) = (s.clone(), keys.clone());
-        async move {
-            let v: Vec<(Vec<u8>, Vec<u8>)> = s.query(rcmd("HGETALL").arg(&keys[client])).await?;
-            ensure!(!v.is_empty(), "document missing");
-            Ok(())
+    // commit_script_raw: one document per client, arguments built once per client.
+    if args.wants("commit_script_raw") {
+        progress("commit_script_raw");
+        let mut raw = Vec::new();
+        for i in 0..c {
+            let id = book_id("raw-", i);
+            let v = writer
+                .update(&id, |b| b.mutate(&mut SmallRng::seed_from_u64(i as u64)))
+                .await?
+                .version();
+            let doc = writer.cached(&id).context("cached after update")?;
+            let old = serde_json::to_value(doc.value())?;
+            let mut next = doc.value().clone();
+            next.mutate(&mut SmallRng::seed_from_u64(7 + i as u64));
+            let new = serde_json::to_value(&next)?;
+            let ops = patch::diff(&old, &new);
+            let mut names: Vec<String> = ops
+                .0
+                .iter()
+                .filter_map(|op| {
+                    AsRef::<str>::as_ref(op.path())
+                        .split('/')
+                        .nth(1)
+                        .map(str::to_string)
+                })
+                .collect();
+            names.sort();
+            names.dedup();
+            let fields = names
+                .iter()
+                .map(|n| Commit::member(n.as_str(), &new[n.as_str()]))
+                .collect::<Result<_, _>>()?;
+            let commit = Commit {
+                key: writer.key(&id)?,
+                expected: doc.stamp(),
+                fields,
+                kind: DeltaKind::Patch,
+                ops,
+                origin: "bench-raw".into(),
+                ttl: None,
+            };
+            let (keys, argv) = store.commit_args(&commit);
+            raw.push(Mutex::new((keys, argv, v)));
         }
-    })
-    .await?;
-    measurements.insert("load_raw", m);
-    progress("load");
-    let reader = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "books")
-        .origin("bench-reader")
-        .build()?;
-    let r = reader.clone();
-    let m = closed_loop(c, args.seconds, move |client, _| {
-        let r = r.clone();
-        async move {
-            let id = book_id("upd-", client);
-            r.remove_from_cache(&id);
-            let d = r.get(&id).await?;
-            ensure!(d.is_some_and(|d| d.version() > 0), "document missing");
-            Ok(())
-        }
-    })
-    .await?;
-    measurements.insert("load", m);
-
-    measurements.insert("delivery", delivery(args, &dyn_store).await?);
-    measurements.insert("delivery_max", delivery_max(args, store, &dyn_store).await?);
+        let raw = Arc::new(raw);
+        let s = store.clone();
+        let m = closed_loop(c, args.seconds, move |client, _| {
+            let (s, raw) = (s.clone(), raw.clone());
+            async move {
+                let (keys, mut argv, v) = {
+                    let g = raw[client].lock().unwrap_or_else(|p| p.into_inner());
+                    g.clone()
+                };
+                argv[1] = v.to_string();
+                let reply = s.commit_raw(&keys, &argv).await?;
+                let ok = matches!(&reply, electric::redis::redis::Value::Array(a)
+                if matches!(a.first(), Some(electric::redis::redis::Value::Int(1))));
+                ensure!(ok, "raw commit conflicted: {reply:?}");
+                raw[client].lock().unwrap_or_else(|p| p.into_inner()).2 = v + 1;
+                Ok(())
+            }
+        })
+        .await?;
+        measurements.insert("commit_script_raw", m);
+    }
+    // update: DataManager::update on warm, distinct keys.
+    if args.wants("update") {
+        progress("update");
+        let w = writer.clone();
+        let m = closed_loop(c, args.seconds, move |client, i| {
+            let w = w.clone();
+            async move {
+                let mut rng = SmallRng::seed_from_u64(i ^ client as u64);
+                let _ = w
+                    .update(&book_id("upd-", client), |b| b.mutate(&mut rng))
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        measurements.insert("update", m);
+    }
+    // load_raw and load: HGETALL vs a cold get of the same documents.
+    if args.wants("load_raw") {
+        progress("load_raw");
+        let s = store.clone();
+        let keys = keys.clone();
+        let m = closed_loop(c, args.seconds, move |client, _| {
+            let (s, keys) = (s.clone(), keys.clone());
+            async move {
+                let v: Vec<(Vec<u8>, Vec<u8>)> =
+                    s.query(rcmd("HGETALL").arg(&keys[client])).await?;
+                ensure!(!v.is_empty(), "document missing");
+                Ok(())
+            }
+        })
+        .await?;
+        measurements.insert("load_raw", m);
+    }
+    if args.wants("load") {
+        progress("load");
+        let reader = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "books")
+            .origin("bench-reader")
+            .build()?;
+        let r = reader.clone();
+        let m = closed_loop(c, args.seconds, move |client, _| {
+            let r = r.clone();
+            async move {
+                let id = book_id("upd-", client);
+                r.remove_from_cache(&id);
+                let d = r.get(&id).await?;
+                ensure!(d.is_some_and(|d| d.version() > 0), "document missing");
+                Ok(())
+            }
+        })
+        .await?;
+        measurements.insert("load", m);
+    }
+    if args.wants("delivery") {
+        measurements.insert("delivery", delivery(args, &dyn_store).await?);
+    }
+    if args.wants("delivery_max") {
+        measurements.insert("delivery_max", delivery_max(args, store, &dyn_store).await?);
+    }
 
     let mut ratios = std::collections::BTreeMap::new();
-    ratios.insert(
-        "update_vs_raw",
-        measurements["update"].ops_per_sec / measurements["commit_script_raw"].ops_per_sec,
-    );
-    ratios.insert(
-        "load_vs_raw",
-        measurements["load"].ops_per_sec / measurements["load_raw"].ops_per_sec,
-    );
+    for (ratio, of, to) in [
+        ("update_vs_raw", "update", "commit_script_raw"),
+        ("load_vs_raw", "load", "load_raw"),
+    ] {
+        if let (Some(a), Some(b)) = (measurements.get(of), measurements.get(to)) {
+            ratios.insert(ratio, a.ops_per_sec / b.ops_per_sec);
+        }
+    }
     Ok(Report {
         url: args.redis.clone(),
         cluster: store.is_cluster(),

@@ -136,7 +136,7 @@ async fn store_checksum(
             .load(&key)
             .await?
             .context("document missing from the store")?;
-        let book: OrderBook = serde_json::from_value(serde_json::Value::Object(snap.doc))?;
+        let book: OrderBook = snap.doc.deserialize()?;
         seq_total += book.seq;
         fn_doc(&mut h, snap.stamp.version, &book);
     }

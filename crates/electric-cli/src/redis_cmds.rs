@@ -80,6 +80,16 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         },
         Changes::Missing => (Vec::new(), None),
     };
+    // Members as they are stored; one that is not JSON is shown as a string and listed.
+    let mut fields = serde_json::Map::new();
+    let mut unparsable = Vec::new();
+    for (name, text) in snap.doc.iter() {
+        let value = serde_json::from_slice(text).unwrap_or_else(|_| {
+            unparsable.push(name.to_string());
+            String::from_utf8_lossy(text).into_owned().into()
+        });
+        fields.insert(name.to_string(), value);
+    }
     if args.json {
         let out = serde_json::json!({
             "key": key,
@@ -87,7 +97,8 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             "epoch": snap.stamp.epoch,
             "change_time": snap.change_time,
             "ttl_ms": ttl.map(|t| t.as_millis() as u64),
-            "fields": snap.doc,
+            "fields": fields,
+            "unparsable_fields": unparsable,
             "log": log.iter().map(|d| serde_json::json!({
                 "version": d.version, "base": d.base, "kind": d.kind, "origin": d.origin,
                 "time": d.change_time, "ops": d.ops,
@@ -108,8 +119,15 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         None => outln!("ttl          none"),
     }
     outln!("fields");
-    for (name, value) in &snap.doc {
-        outln!("  {name} = {value}");
+    for (name, value) in &fields {
+        if unparsable.contains(name) {
+            outln!(
+                "  {name} = {} (not JSON)",
+                value.as_str().unwrap_or_default()
+            );
+        } else {
+            outln!("  {name} = {value}");
+        }
     }
     match trimmed_before {
         Some(e) => outln!("change log   {} entries (trimmed before v{e})", log.len()),
@@ -338,7 +356,7 @@ async fn cache_equals_store(
         let (Some(cached), Some(snap)) = (m.get(&id).await?, snap) else {
             return Ok(false);
         };
-        let want: Tally = serde_json::from_value(serde_json::Value::Object(snap.doc))?;
+        let want: Tally = snap.doc.deserialize()?;
         if cached.stamp() != Some(snap.stamp) || *cached != want {
             return Ok(false);
         }

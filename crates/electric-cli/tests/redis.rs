@@ -94,7 +94,12 @@ fn hammer_processes_lose_no_update() {
         for i in 0..docs {
             let key: Key = m.key(&format!("doc-{i}")).expect("key");
             let snap = store.load(&key).await.expect("load").expect("written");
-            sum += snap.doc["n"].as_u64().expect("n");
+            sum += snap
+                .doc
+                .value("n")
+                .expect("json")
+                .and_then(|v| v.as_u64())
+                .expect("n");
         }
         sum
     });

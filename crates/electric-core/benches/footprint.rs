@@ -124,7 +124,7 @@ fn main() {
             let commit = Commit {
                 key: raw.clone(),
                 expected,
-                fields: vec![("seq".into(), Some(serde_json::json!(next.seq)))],
+                fields: vec![Commit::member("seq", &next.seq).unwrap()],
                 kind: DeltaKind::Patch,
                 ops: ops.clone(),
                 origin: "bench".into(),

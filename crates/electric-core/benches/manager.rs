@@ -94,8 +94,8 @@ fn update(c: &mut Criterion) {
         &serde_json::to_value(&next).unwrap(),
     );
     let fields = vec![
-        ("seq".to_string(), Some(serde_json::json!(next.seq))),
-        ("ts".to_string(), Some(serde_json::json!(next.ts))),
+        Commit::member("seq", &next.seq).unwrap(),
+        Commit::member("ts", &next.ts).unwrap(),
     ];
     let mut expected = None;
     group.bench_function("raw_store_commit", |b| {

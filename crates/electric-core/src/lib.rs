@@ -58,7 +58,8 @@ pub use error::{Error, Result};
 pub use key::{Key, SectionId};
 pub use manager::{DataManager, Doc, Document, Get, UpdateOutcome};
 pub use store::{
-    Changes, Commit, CommitOutcome, MemoryStore, Snapshot, Store, Subscription, SubscriptionEvent,
+    Changes, Commit, CommitOutcome, Members, MembersError, MemoryStore, Snapshot, Store,
+    Subscription, SubscriptionEvent,
 };
 pub use sync::{SyncConfig, SyncHandle, SyncService};
 pub use version::{Epoch, Stamp, Version};

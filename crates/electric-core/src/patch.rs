@@ -76,6 +76,12 @@ pub fn patch_size(ops: &Patch) -> usize {
     serialized_len(ops)
 }
 
+/// The length in bytes of `s` as a JSON string literal (quotes and escapes included), without
+/// allocating.
+pub(crate) fn str_json_len(s: &str) -> usize {
+    serialized_len(s)
+}
+
 /// The length in bytes of `v` serialized as compact JSON.
 ///
 /// Nothing is allocated: the serializer writes into a byte counter.

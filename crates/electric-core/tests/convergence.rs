@@ -131,7 +131,7 @@ async fn replicas_converge_under_faults_and_lose_no_update() {
                 .await
                 .unwrap()
                 .expect("every key was written");
-            let want: Tally = serde_json::from_value(serde_json::Value::Object(snap.doc)).unwrap();
+            let want: Tally = snap.doc.deserialize().unwrap();
             for m in &managers {
                 match m.cached(&id) {
                     Some(d) if d.stamp() == Some(snap.stamp) && *d == want => {}

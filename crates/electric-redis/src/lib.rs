@@ -58,14 +58,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use electric_core::delta::{Delta, DeltaKind};
 use electric_core::store::{
-    Changes, Commit, CommitOutcome, Snapshot, Store, Subscription, SubscriptionEvent,
+    Changes, Commit, CommitOutcome, Members, Snapshot, Store, Subscription, SubscriptionEvent,
 };
 use electric_core::{Epoch, Error, Key, Result, SectionId, Stamp, Version};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, Script, Value as RValue};
-use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 pub use layout::Layout;
@@ -497,7 +496,7 @@ impl RedisStore {
         for (name, value) in &commit.fields {
             if let Some(v) = value {
                 args.push(format!("{}{name}", layout::MEMBER_PREFIX));
-                args.push(json(v));
+                args.push(v.get().to_owned());
             }
         }
         for (name, value) in &commit.fields {
@@ -607,14 +606,14 @@ impl RedisStore {
         }
         let bad = |r: String| malformed("document", format!("{key}: {r}"));
         let (mut version, mut epoch, mut time) = (None, None, None);
-        let mut doc = Map::with_capacity(fields.len());
+        // Member texts are handed over unparsed: the reader deserializes its type straight from
+        // them, and text that is not JSON is reported then (see `Members`).
+        let mut doc = Members::with_capacity(fields.len());
         for (name, value) in fields {
             let name =
                 String::from_utf8(name).map_err(|_| bad("field name is not UTF-8".into()))?;
             if let Some(member) = name.strip_prefix(layout::MEMBER_PREFIX) {
-                let v: Value = serde_json::from_slice(&value)
-                    .map_err(|e| bad(format!("member {member:?}: {e}")))?;
-                doc.insert(member.to_string(), v);
+                doc.push(member, value);
                 continue;
             }
             let text = String::from_utf8(value).map_err(|_| bad(format!("{name} is not UTF-8")))?;
@@ -932,12 +931,17 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(snap.stamp.version, 3);
-        assert_eq!(snap.doc["a"], serde_json::json!([1, 2]));
-        assert_eq!(snap.doc["__v"], "member");
+        assert_eq!(snap.doc.get("a"), Some(&b"[1,2]"[..]));
+        assert_eq!(snap.doc.value("__v").unwrap(), Some("member".into()));
         assert!(RedisStore::parse_snapshot(&key, Vec::new())
             .unwrap()
             .is_none());
-        for bad in [f("plain", "1"), f(".b", "{"), f("__v", "x")] {
+        // Member texts are not parsed here: a broken one is found when it is read.
+        let mut fields = good.clone();
+        fields.push(f(".b", "{"));
+        let snap = RedisStore::parse_snapshot(&key, fields).unwrap().unwrap();
+        assert_eq!(snap.doc.to_map().unwrap_err().member.as_deref(), Some("b"));
+        for bad in [f("plain", "1"), f("__v", "x")] {
             let mut fields = good.clone();
             fields.push(bad);
             assert!(matches!(

@@ -29,6 +29,36 @@ impl<E: Send + Sync> DocCache<E> {
         self.map.pin().insert(CompactString::from(id), entry);
     }
 
+    /// Inserts `entry`, then, while over `capacity`, evicts the entry with the oldest `touched`
+    /// reading of a sample of 32 (never `id` itself): approximately least-recently-used. Returns
+    /// how many were evicted.
+    pub(crate) fn insert_bounded(
+        &self,
+        id: &str,
+        entry: Arc<E>,
+        capacity: usize,
+        touched: impl Fn(&E) -> u64,
+    ) -> usize {
+        self.insert(id, entry);
+        let mut evicted = 0;
+        while self.len() > capacity {
+            let victim = self
+                .sample(32, id)
+                .into_iter()
+                .min_by_key(|(_, e)| touched(e));
+            let Some((victim, _)) = victim else { break };
+            if self.remove(&victim) {
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// Removes the entry for `id` and returns it.
+    pub(crate) fn take(&self, id: &str) -> Option<Arc<E>> {
+        self.map.pin().remove(id).cloned()
+    }
+
     pub(crate) fn remove(&self, id: &str) -> bool {
         self.map.pin().remove(id).is_some()
     }

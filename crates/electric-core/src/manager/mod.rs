@@ -9,7 +9,7 @@ use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use crate::delta::{Delta, DeltaKind, Patch, SharedDelta};
 use crate::error::{Error, Result};
 use crate::key::{Key, SectionId};
 use crate::patch;
-use crate::store::{Changes, Commit, CommitOutcome, Snapshot, Store};
+use crate::store::{Changes, Commit, CommitOutcome, MembersError, Snapshot, Store};
 use crate::version::{Stamp, Version};
 
 use cache::DocCache;
@@ -77,6 +77,18 @@ struct Entry<T> {
     stamp: Option<Stamp>,
     change_time: u64,
     value: T,
+}
+
+/// A document's JSON tree at one stamp, kept so the next change need not rebuild it. Only the
+/// holder of the key's lock takes or keeps a tree.
+struct Tree {
+    stamp: Stamp,
+    /// Whether the tree is exactly the cached value serialized (it was built from it). A tree
+    /// patched by a remote delta may also hold members the type does not know; diffing a local
+    /// update against such a tree would remove them, so updates only use exact trees.
+    exact: bool,
+    touched: u64,
+    doc: Mutex<Option<Map<String, Value>>>,
 }
 
 /// An immutable snapshot of a document: the value plus the stamp it was read at. Cheap to clone;
@@ -216,6 +228,14 @@ pub struct ManagerConfig {
     pub event_capacity: usize,
     /// Keys per batched version lookup in anti-entropy (default 256).
     pub anti_entropy_batch: usize,
+    /// Documents whose JSON tree is kept after a local update or an applied delta (default
+    /// 1024; 0 keeps none). With the tree at hand the next update diffs against it instead of
+    /// serializing the cached value again, and the next delta patches it in place. A tree costs
+    /// about ten times the document's JSON size (a 3.5 KB order book: about 36 KB; see
+    /// BENCHMARKS.md), so the default bounds them to about 37 MB of such documents. When full,
+    /// keeping a tree drops the least recently kept of a sample of 32; a dropped tree is
+    /// simply rebuilt from the typed value when next needed.
+    pub json_cache_entries: usize,
 }
 
 impl Default for ManagerConfig {
@@ -230,6 +250,7 @@ impl Default for ManagerConfig {
             ttl: None,
             event_capacity: 1024,
             anti_entropy_batch: 256,
+            json_cache_entries: 1024,
         }
     }
 }
@@ -253,6 +274,12 @@ impl<T: Document> DataManagerBuilder<T> {
     /// See [`ManagerConfig::max_entries`].
     pub fn max_entries(mut self, n: usize) -> Self {
         self.config.max_entries = n;
+        self
+    }
+
+    /// See [`ManagerConfig::json_cache_entries`].
+    pub fn json_cache_entries(mut self, n: usize) -> Self {
+        self.config.json_cache_entries = n;
         self
     }
 
@@ -320,6 +347,7 @@ impl<T: Document> DataManagerBuilder<T> {
                 section,
                 origin,
                 cache: DocCache::new(),
+                trees: DocCache::new(),
                 locks: KeyLocks::default(),
                 clock: Clock::new(),
                 events: broadcast::channel(c.event_capacity).0,
@@ -360,6 +388,8 @@ struct Inner<T> {
     section: SectionId,
     origin: String,
     cache: DocCache<Entry<T>>,
+    /// JSON trees of hot documents; see [`ManagerConfig::json_cache_entries`].
+    trees: DocCache<Tree>,
     locks: KeyLocks,
     clock: Clock,
     events: broadcast::Sender<ChangeEvent>,
@@ -590,8 +620,16 @@ impl<T: Document> DataManager<T> {
                 Some(d) if attempt == 1 => Some(d),
                 _ => self.load_locked(&key).await?,
             };
+            let expected = current.as_ref().and_then(Doc::stamp);
             let (old_json, mut value) = match &current {
-                Some(d) => (self.to_object(&key, d.value())?, d.value().clone()),
+                Some(d) => {
+                    let kept = self.take_tree(id, expected, true);
+                    let old = match kept {
+                        Some(tree) => tree,
+                        None => self.to_object(&key, d.value())?,
+                    };
+                    (old, d.value().clone())
+                }
                 None => (
                     Map::new(),
                     T::empty(&key).ok_or_else(|| Error::NotFound { key: key.clone() })?,
@@ -601,25 +639,24 @@ impl<T: Document> DataManager<T> {
             let new_json = self.to_object(&key, &value)?;
             let (old_json, new_json) = (Value::Object(old_json), Value::Object(new_json));
             let ops = patch::diff(&old_json, &new_json);
-            let expected = current.as_ref().and_then(Doc::stamp);
+            let (Value::Object(old_json), Value::Object(new_json)) = (old_json, new_json) else {
+                unreachable!("built from maps");
+            };
             if ops.0.is_empty() {
                 Counters::bump(&inner.counters.unchanged);
+                if let Some(stamp) = expected {
+                    self.keep_tree(id, stamp, old_json, true);
+                }
                 return Ok(UpdateOutcome::Unchanged {
                     version: expected.map_or(0, |s| s.version),
                 });
             }
-            let doc_size = patch::json_size(&new_json);
-            if doc_size > inner.config.max_document_bytes {
-                return Err(Error::DocumentTooLarge {
-                    key,
-                    size: doc_size,
-                    limit: inner.config.max_document_bytes,
-                });
-            }
-            let commit = self.build_commit(&key, expected, &old_json, new_json, ops, doc_size);
+            let commit = self.build_commit(&key, expected, &old_json, &new_json, ops)?;
+            drop(old_json);
             match inner.store.commit(commit).await? {
                 CommitOutcome::Committed(delta) => {
                     Counters::bump(&inner.counters.committed);
+                    self.keep_tree(id, delta.stamp(), new_json, true);
                     self.put(
                         id,
                         Entry {
@@ -655,45 +692,20 @@ impl<T: Document> DataManager<T> {
         }
     }
 
+    /// The commit turning `old` into `new`: a patch writing only the members `ops` touch, or a
+    /// snapshot writing them all when the key is new, the root is replaced or the patch is larger
+    /// than [`ManagerConfig::snapshot_ratio`] of the document. Members are serialized once, and
+    /// the document's size is counted alongside without building its text.
     fn build_commit(
         &self,
         key: &Key,
         expected: Option<Stamp>,
-        old_json: &Value,
-        new_json: Value,
+        old: &Map<String, Value>,
+        new: &Map<String, Value>,
         ops: Patch,
-        doc_size: usize,
-    ) -> Commit {
+    ) -> Result<Commit> {
         let config = &self.inner.config;
-        let snapshot = expected.is_none()
-            || ops.0.iter().any(|op| op.path().is_root())
-            || patch::patch_size(&ops) as f64 > config.snapshot_ratio * doc_size as f64;
-        let (Value::Object(new_map), Value::Object(old_map)) = (new_json, old_json) else {
-            unreachable!("to_object returned objects");
-        };
-        if snapshot {
-            let mut fields: Vec<(String, Option<Value>)> = new_map
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect();
-            fields.extend(
-                old_map
-                    .keys()
-                    .filter(|k| !new_map.contains_key(*k))
-                    .map(|k| (k.clone(), None)),
-            );
-            return Commit {
-                key: key.clone(),
-                expected,
-                fields,
-                kind: DeltaKind::Snapshot,
-                ops: Delta::snapshot_ops(Value::Object(new_map)),
-                origin: self.inner.origin.clone(),
-                ttl: config.ttl,
-            };
-        }
-        // A patch writes only the top-level members it touches, moved out of the new document.
-        let mut new_map = new_map;
+        let text = |v: &Value| serde_json::value::to_raw_value(v).map_err(|e| Error::serde(key, e));
         let mut names: Vec<String> = ops
             .0
             .iter()
@@ -701,15 +713,57 @@ impl<T: Document> DataManager<T> {
             .collect();
         names.sort_unstable();
         names.dedup();
-        let fields = names
-            .into_iter()
-            .map(|n| {
-                let v = new_map.remove(&n);
-                (n, v)
-            })
-            .collect();
-        let kind = DeltaKind::Patch;
-        Commit {
+        // `{`, `}` and the commas between members, then each `"name":value`.
+        let mut size = 2 + new.len().saturating_sub(1);
+        let mut fields = Vec::with_capacity(names.len());
+        for (name, value) in new {
+            size += patch::str_json_len(name) + 1;
+            if names.binary_search(name).is_ok() {
+                let t = text(value)?;
+                size += t.get().len();
+                fields.push((name.clone(), Some(t)));
+            } else {
+                size += patch::json_size(value);
+            }
+        }
+        if size > config.max_document_bytes {
+            return Err(Error::DocumentTooLarge {
+                key: key.clone(),
+                size,
+                limit: config.max_document_bytes,
+            });
+        }
+        let snapshot = expected.is_none()
+            || ops.0.iter().any(|op| op.path().is_root())
+            || patch::patch_size(&ops) as f64 > config.snapshot_ratio * size as f64;
+        let (kind, ops) = if snapshot {
+            let mut written = std::mem::take(&mut fields).into_iter().peekable();
+            for (name, value) in new {
+                match written.next_if(|(n, _)| n == name) {
+                    Some(field) => fields.push(field),
+                    None => fields.push((name.clone(), Some(text(value)?))),
+                }
+            }
+            fields.extend(
+                old.keys()
+                    .filter(|k| !new.contains_key(*k))
+                    .map(|k| (k.clone(), None)),
+            );
+            (
+                DeltaKind::Snapshot,
+                Delta::snapshot_ops(Value::Object(new.clone())),
+            )
+        } else {
+            // Members the patch removes.
+            fields.extend(
+                names
+                    .into_iter()
+                    .filter(|n| !new.contains_key(n))
+                    .map(|n| (n, None)),
+            );
+            (DeltaKind::Patch, ops)
+        };
+        Ok(Commit {
             key: key.clone(),
             expected,
             fields,
@@ -717,7 +771,7 @@ impl<T: Document> DataManager<T> {
             ops,
             origin: self.inner.origin.clone(),
             ttl: config.ttl,
-        }
+        })
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -739,7 +793,7 @@ impl<T: Document> DataManager<T> {
         let key = self.key(id)?;
         let _guard = self.inner.locks.lock(id).await;
         let existed = self.inner.store.delete(&key, &self.inner.origin).await?;
-        if self.inner.cache.remove(id) || existed {
+        if self.forget(id) || existed {
             self.emit(&key, None, || ChangeCause::Deleted);
         }
         Ok(existed)
@@ -748,7 +802,7 @@ impl<T: Document> DataManager<T> {
     /// Drops document `id` from the local cache (the next read loads it). Returns whether it was
     /// cached.
     pub fn remove_from_cache(&self, id: &str) -> bool {
-        self.inner.cache.remove(id)
+        self.forget(id)
     }
 
     /// Drops every cached document not read or written for `max_idle` (the original's data
@@ -806,8 +860,58 @@ impl<T: Document> DataManager<T> {
         }
     }
 
-    fn to_typed(&self, key: &Key, doc: Map<String, Value>) -> Result<T> {
-        serde_json::from_value(Value::Object(doc)).map_err(|e| Error::serde(key, e))
+    /// Deserializes a loaded document straight from its member texts. Text that is not JSON is
+    /// [`Error::Malformed`] (a foreign writer); JSON that does not fit `T` is [`Error::Serde`].
+    fn to_typed(&self, key: &Key, doc: &crate::store::Members) -> Result<T> {
+        doc.deserialize().map_err(|e: MembersError| {
+            if e.is_syntax() {
+                Error::Malformed {
+                    what: "document",
+                    reason: format!("{key}: {e}"),
+                }
+            } else {
+                Error::serde(key, e)
+            }
+        })
+    }
+
+    /// Takes the kept JSON tree of `id` if it is at `stamp` (and, with `exact`, is exactly the
+    /// cached value serialized). Any other kept tree is dropped. Caller holds the key lock.
+    fn take_tree(&self, id: &str, stamp: Option<Stamp>, exact: bool) -> Option<Map<String, Value>> {
+        let tree = self.inner.trees.take(id)?;
+        if Some(tree.stamp) != stamp || (exact && !tree.exact) {
+            return None;
+        }
+        let doc = tree
+            .doc
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        doc
+    }
+
+    /// Keeps `doc` as the JSON tree of `id` at `stamp`, within
+    /// [`ManagerConfig::json_cache_entries`]. Caller holds the key lock.
+    fn keep_tree(&self, id: &str, stamp: Stamp, doc: Map<String, Value>, exact: bool) {
+        let capacity = self.inner.config.json_cache_entries;
+        if capacity == 0 {
+            return;
+        }
+        let tree = Arc::new(Tree {
+            stamp,
+            exact,
+            touched: self.inner.clock.now(),
+            doc: Mutex::new(Some(doc)),
+        });
+        self.inner
+            .trees
+            .insert_bounded(id, tree, capacity, |t| t.touched);
+    }
+
+    /// Drops `id` from the cache and its tree; whether it was cached.
+    fn forget(&self, id: &str) -> bool {
+        self.inner.trees.remove(id);
+        self.inner.cache.remove(id)
     }
 
     fn emit(&self, key: &Key, stamp: Option<Stamp>, cause: impl FnOnce() -> ChangeCause) {
@@ -839,23 +943,23 @@ impl<T: Document> DataManager<T> {
     /// touched of a sample of 32, never `id` itself) while over capacity.
     fn put(&self, id: &str, entry: Entry<T>) -> Doc<T> {
         let entry = Arc::new(entry);
-        let cache = &self.inner.cache;
-        cache.insert(id, entry.clone());
-        while cache.len() > self.inner.config.max_entries {
-            let victim = cache
-                .sample(32, id)
-                .into_iter()
-                .min_by_key(|(_, e)| e.touched.load(Ordering::Relaxed));
-            let Some((victim, _)) = victim else { break };
-            if cache.remove(&victim) {
-                Counters::bump(&self.inner.counters.evicted);
-            }
+        let evicted = self.inner.cache.insert_bounded(
+            id,
+            entry.clone(),
+            self.inner.config.max_entries,
+            |e| e.touched.load(Ordering::Relaxed),
+        );
+        if evicted > 0 {
+            self.inner
+                .counters
+                .evicted
+                .fetch_add(evicted as u64, Ordering::Relaxed);
         }
         Doc { entry }
     }
 
     fn insert_snapshot(&self, key: &Key, snap: Snapshot) -> Result<Doc<T>> {
-        let value = self.to_typed(key, snap.doc)?;
+        let value = self.to_typed(key, &snap.doc)?;
         Ok(self.put(
             key.id(),
             Entry {
@@ -876,12 +980,12 @@ impl<T: Document> DataManager<T> {
                 Ok(doc) => Ok(Some(doc)),
                 Err(e) => {
                     // Never leave a stale value behind a document we cannot read.
-                    self.inner.cache.remove(key.id());
+                    self.forget(key.id());
                     Err(e)
                 }
             },
             None => {
-                self.inner.cache.remove(key.id());
+                self.forget(key.id());
                 Ok(None)
             }
         }
@@ -906,19 +1010,29 @@ impl<T: Document> DataManager<T> {
     }
 
     /// Applies `delta` on top of `doc`.
-    fn apply_to(&self, doc: &Doc<T>, delta: &Delta) -> Result<T> {
-        let mut json = Value::Object(self.to_object(&delta.key, doc.value())?);
+    /// Applies `delta` on top of `doc`: patches the kept JSON tree in place (or one built from
+    /// the cached value) and deserializes the result. Returns the value and the patched tree.
+    fn apply_to(&self, doc: &Doc<T>, delta: &Delta) -> Result<(T, Map<String, Value>)> {
+        let key = &delta.key;
+        let tree = match self.take_tree(key.id(), doc.stamp(), false) {
+            Some(tree) => tree,
+            None => self.to_object(key, doc.value())?,
+        };
+        let mut json = Value::Object(tree);
         patch::apply(&mut json, &delta.ops)?;
-        match json {
-            Value::Object(m) => self.to_typed(&delta.key, m),
-            other => Err(Error::NotAnObject {
-                key: delta.key.clone(),
-                found: json_type(&other),
-            }),
-        }
+        let Value::Object(tree) = json else {
+            return Err(Error::NotAnObject {
+                key: key.clone(),
+                found: json_type(&json),
+            });
+        };
+        // Read through a reference so the tree can be kept.
+        let value = T::deserialize(&tree).map_err(|e| Error::serde(key, e))?;
+        Ok((value, tree))
     }
 
-    fn install(&self, delta: &Delta, value: T) -> Doc<T> {
+    fn install(&self, delta: &Delta, (value, tree): (T, Map<String, Value>)) -> Doc<T> {
+        self.keep_tree(delta.key.id(), delta.stamp(), tree, false);
         self.put(
             delta.key.id(),
             Entry {
@@ -941,7 +1055,7 @@ impl<T: Document> DataManager<T> {
             }
             match d.kind {
                 DeltaKind::Delete => {
-                    self.inner.cache.remove(d.key.id());
+                    self.forget(d.key.id());
                     return (true, true);
                 }
                 DeltaKind::Snapshot => {}
@@ -990,7 +1104,7 @@ impl<T: Document> DataManager<T> {
         };
         match changes {
             Changes::Missing => {
-                self.inner.cache.remove(key.id());
+                self.forget(key.id());
                 self.inner.counters.repaired(trigger);
                 self.emit(key, None, || ChangeCause::Deleted);
                 Ok(true)
@@ -1047,7 +1161,7 @@ impl<T: Document> DataManager<T> {
         let same_epoch = delta.epoch == stamp.epoch;
         match delta.kind {
             DeltaKind::Delete if same_epoch && delta.version > stamp.version => {
-                self.inner.cache.remove(id);
+                self.forget(id);
                 Counters::bump(&c.applied);
                 self.emit(&delta.key, None, || ChangeCause::Deleted);
             }

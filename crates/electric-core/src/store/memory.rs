@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use serde_json::Map;
+use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{Changes, Commit, CommitOutcome, Snapshot, Store, Subscription, SubscriptionEvent};
+use super::{
+    Changes, Commit, CommitOutcome, Members, Snapshot, Store, Subscription, SubscriptionEvent,
+};
 use crate::delta::{Delta, DeltaKind, Patch, SharedDelta};
 use crate::error::{Error, Result};
 use crate::key::{Key, SectionId};
@@ -47,7 +49,7 @@ pub const DEFAULT_MAX_DOCUMENTS: usize = 1_000_000;
 ///     .commit(Commit {
 ///         key: key.clone(),
 ///         expected: None,
-///         fields: vec![("a".into(), Some(1.into()))],
+///         fields: vec![Commit::member("a", &1).unwrap()],
 ///         kind: DeltaKind::Patch,
 ///         ops: serde_json::from_str(r#"[{"op":"add","path":"/a","value":1}]"#).unwrap(),
 ///         origin: "doc".into(),
@@ -56,7 +58,7 @@ pub const DEFAULT_MAX_DOCUMENTS: usize = 1_000_000;
 ///     .await
 ///     .unwrap();
 /// assert!(matches!(outcome, CommitOutcome::Committed(d) if d.version == 1));
-/// assert_eq!(store.load(&key).await.unwrap().unwrap().doc["a"], 1);
+/// assert_eq!(store.load(&key).await.unwrap().unwrap().doc.get("a"), Some(&b"1"[..]));
 /// # });
 /// ```
 #[derive(Clone)]
@@ -82,7 +84,8 @@ struct Doc {
     epoch: Epoch,
     version: Version,
     change_time: u64,
-    fields: Map<String, serde_json::Value>,
+    /// Member texts by name (a `BTreeMap`, so loads list them in a stable order).
+    fields: std::collections::BTreeMap<String, Box<RawValue>>,
     log: VecDeque<SharedDelta>,
     expires_at: Option<Instant>,
 }
@@ -240,7 +243,13 @@ impl Store for MemoryStore {
             doc.map(|d| Snapshot {
                 stamp: d.stamp(),
                 change_time: d.change_time,
-                doc: d.fields.clone(),
+                doc: {
+                    let mut m = Members::with_capacity(d.fields.len());
+                    for (name, text) in &d.fields {
+                        m.push(name.as_str(), text.get().as_bytes());
+                    }
+                    m
+                },
             })
         }))
     }
@@ -278,7 +287,7 @@ impl Store for MemoryStore {
             epoch: Epoch::random(),
             version: 0,
             change_time,
-            fields: Map::new(),
+            fields: Default::default(),
             log: VecDeque::new(),
             expires_at: None,
         });

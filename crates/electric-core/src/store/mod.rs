@@ -6,19 +6,22 @@
 //! channel. [`MemoryStore`] is the embedded implementation; `electric-redis` provides the
 //! production one. Every implementation must pass the conformance suite in `electric-testkit`.
 
+mod members;
 mod memory;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::delta::{DeltaKind, Patch, SharedDelta};
 use crate::error::Result;
 use crate::key::{Key, SectionId};
 use crate::version::{Epoch, Stamp, Version};
 
+pub use members::{Members, MembersError};
 pub use memory::{MemoryStore, MemoryStoreBuilder, DEFAULT_CHANNEL_CAPACITY, DEFAULT_LOG_CAPACITY};
 
 /// A whole document as stored.
@@ -28,8 +31,8 @@ pub struct Snapshot {
     pub stamp: Stamp,
     /// Change time of the last commit, milliseconds since the Unix epoch.
     pub change_time: u64,
-    /// The document's top-level members.
-    pub doc: Map<String, Value>,
+    /// The document's top-level members, as the JSON text the store holds.
+    pub doc: Members,
 }
 
 /// One atomic change to submit to [`Store::commit`].
@@ -39,9 +42,9 @@ pub struct Commit {
     pub key: Key,
     /// What the writer believes the store holds: `None` means "the key does not exist".
     pub expected: Option<Stamp>,
-    /// Top-level members to write (`Some`) or remove (`None`). Together they turn the expected
-    /// document into the new one.
-    pub fields: Vec<(String, Option<Value>)>,
+    /// Top-level members to write (`Some`, as JSON text) or remove (`None`). Together they turn
+    /// the expected document into the new one. [`Commit::member`] builds an entry.
+    pub fields: Vec<(String, Option<Box<RawValue>>)>,
     /// `Patch` or `Snapshot` (never `Delete`; use [`Store::delete`]).
     pub kind: DeltaKind,
     /// The RFC 6902 patch from the expected document to the new one, as logged and published.
@@ -50,6 +53,20 @@ pub struct Commit {
     pub origin: String,
     /// When set, the key (document and log) expires this long after the commit.
     pub ttl: Option<Duration>,
+}
+
+impl Commit {
+    /// A [`Commit::fields`] entry writing member `name` as `value` serialized.
+    ///
+    /// # Errors
+    ///
+    /// `value` does not serialize (a map with non-string keys, a failing `Serialize`).
+    pub fn member(
+        name: impl Into<String>,
+        value: &(impl Serialize + ?Sized),
+    ) -> serde_json::Result<(String, Option<Box<RawValue>>)> {
+        Ok((name.into(), Some(serde_json::value::to_raw_value(value)?)))
+    }
 }
 
 /// The result of [`Store::commit`].
