@@ -168,10 +168,11 @@ impl Counters {
         metrics::counter!("electric_repairs_total", "reason" => reason.as_str()).increment(1);
     }
 
-    pub fn snapshot(&self, cached: usize) -> ManagerStats {
+    pub fn snapshot(&self, cached: usize, json_trees: usize) -> ManagerStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ManagerStats {
             cached,
+            json_trees,
             committed: g(&self.committed),
             unchanged: g(&self.unchanged),
             conflicts: g(&self.conflicts),
@@ -236,6 +237,8 @@ impl Serialize for RepairCounts {
 pub struct ManagerStats {
     /// Documents in the local cache.
     pub cached: usize,
+    /// JSON trees kept for hot documents (at most `ManagerConfig::json_cache_entries`).
+    pub json_trees: usize,
     /// Commits made by this manager.
     pub committed: u64,
     /// Updates whose closure changed nothing (no commit).

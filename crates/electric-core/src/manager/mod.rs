@@ -845,7 +845,9 @@ impl<T: Document> DataManager<T> {
 
     /// The manager's counters.
     pub fn stats(&self) -> ManagerStats {
-        self.inner.counters.snapshot(self.inner.cache.len())
+        self.inner
+            .counters
+            .snapshot(self.inner.cache.len(), self.inner.trees.len())
     }
 
     // ---- internals -------------------------------------------------------------------------

@@ -1,0 +1,159 @@
+//! The JSON trees a manager keeps for hot documents: they change no result, never let a local
+//! update drop members the type does not know, and stay within their bound.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use electric_core::manager::{DataManager, Document};
+use electric_core::store::{Commit, CommitOutcome, Store};
+use electric_core::{DeltaKind, Key, MemoryStore, UpdateOutcome};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Book {
+    n: u64,
+    levels: Vec<(f64, u32)>,
+    names: BTreeMap<String, String>,
+    note: Option<String>,
+    pad: String,
+}
+
+impl Document for Book {
+    fn empty(_: &Key) -> Option<Self> {
+        Some(Book {
+            levels: (0..20).map(|i| (i as f64 * 0.5, i)).collect(),
+            pad: "x".repeat(300),
+            ..Book::default()
+        })
+    }
+}
+
+fn manager(store: &Arc<MemoryStore>, trees: usize) -> DataManager<Book> {
+    DataManager::builder(store.clone() as Arc<dyn Store>, "p", "books")
+        .json_cache_entries(trees)
+        .build()
+        .unwrap()
+}
+
+fn mutate(b: &mut Book, rng: &mut SmallRng) {
+    b.n += 1;
+    match rng.gen_range(0..5) {
+        0 => {
+            let i = rng.gen_range(0..b.levels.len());
+            b.levels[i].1 += 1;
+        }
+        1 => b.levels.push((rng.gen(), rng.gen())),
+        2 if b.levels.len() > 1 => {
+            b.levels.pop();
+        }
+        3 => {
+            b.names.insert(
+                format!("k{}", rng.gen_range(0..6)),
+                format!("{}", rng.gen::<u16>()),
+            );
+        }
+        _ => b.note = (rng.gen_bool(0.5)).then(|| "note".to_string()),
+    }
+}
+
+/// The same updates through a manager that keeps trees and one that keeps none commit the same
+/// deltas and end in the same documents.
+#[tokio::test]
+async fn kept_trees_change_no_delta() {
+    let (s1, s2) = (Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new()));
+    let (with, without) = (manager(&s1, 1024), manager(&s2, 0));
+    let (mut r1, mut r2) = (SmallRng::seed_from_u64(5), SmallRng::seed_from_u64(5));
+    for i in 0..400 {
+        let id = format!("b{}", i % 7);
+        let a = with.update(&id, |b| mutate(b, &mut r1)).await.unwrap();
+        let b = without.update(&id, |b| mutate(b, &mut r2)).await.unwrap();
+        match (a, b) {
+            (UpdateOutcome::Changed { delta: a, .. }, UpdateOutcome::Changed { delta: b, .. }) => {
+                assert_eq!((a.kind, a.version), (b.kind, b.version), "update {i}");
+                assert_eq!(a.ops, b.ops, "update {i}");
+            }
+            (a, b) => assert_eq!(a.version(), b.version(), "update {i}"),
+        }
+    }
+    assert!(with.stats().json_trees > 0);
+    assert_eq!(without.stats().json_trees, 0);
+    for i in 0..7 {
+        let id = format!("b{i}");
+        let key = with.key(&id).unwrap();
+        let (d1, d2) = (
+            s1.load(&key).await.unwrap().unwrap(),
+            s2.load(&key).await.unwrap().unwrap(),
+        );
+        assert_eq!(d1.doc.to_map().unwrap(), d2.doc.to_map().unwrap());
+        assert_eq!(
+            *with.cached(&id).unwrap(),
+            d1.doc.deserialize::<Book>().unwrap()
+        );
+    }
+}
+
+/// A remote delta can add a member `Book` does not know; the tree it patched holds it, but a
+/// local update must not diff against that tree, or it would remove the member.
+#[tokio::test]
+async fn a_local_update_keeps_members_the_type_does_not_know() {
+    let store = Arc::new(MemoryStore::new());
+    let m = manager(&store, 1024);
+    let _ = m.update("b", |b| b.n = 1).await.unwrap();
+    let key = m.key("b").unwrap();
+    let stamp = m.cached("b").unwrap().stamp();
+    let CommitOutcome::Committed(delta) = store
+        .commit(Commit {
+            key: key.clone(),
+            expected: stamp,
+            fields: vec![Commit::member("extra", &json!({"from": "a newer writer"})).unwrap()],
+            kind: DeltaKind::Patch,
+            ops: serde_json::from_value(json!([
+                {"op": "add", "path": "/extra", "value": {"from": "a newer writer"}}
+            ]))
+            .unwrap(),
+            origin: "newer".into(),
+            ttl: None,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("the foreign commit conflicted");
+    };
+    m.apply_remote(delta).await;
+    assert_eq!(m.stats().applied, 1);
+    let UpdateOutcome::Changed { delta, .. } = m.update("b", |b| b.n = 2).await.unwrap() else {
+        panic!("unchanged");
+    };
+    assert_eq!(delta.version, 3);
+    let doc = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        doc.doc.value("extra").unwrap(),
+        Some(json!({"from": "a newer writer"})),
+        "ops were {:?}",
+        delta.ops
+    );
+}
+
+/// At most `json_cache_entries` trees are kept; dropping a document drops its tree.
+#[tokio::test]
+async fn kept_trees_are_bounded() {
+    let store = Arc::new(MemoryStore::new());
+    let m = manager(&store, 3);
+    for i in 0..10 {
+        let _ = m.update(&format!("b{i}"), |b| b.n = i).await.unwrap();
+        assert!(m.stats().json_trees <= 3, "{:?}", m.stats());
+    }
+    assert_eq!(m.stats().json_trees, 3);
+    assert_eq!(m.stats().cached, 10, "trees are bounded, not the documents");
+    // The newest tree is never the victim, so forgetting its document drops one.
+    assert!(m.remove_from_cache("b9"));
+    assert_eq!(m.stats().json_trees, 2);
+    // Updates still work after their trees were dropped.
+    for i in 0..10 {
+        let _ = m.update(&format!("b{i}"), |b| b.n += 100).await.unwrap();
+        assert_eq!(m.get(&format!("b{i}")).await.unwrap().unwrap().n, i + 100);
+    }
+}
