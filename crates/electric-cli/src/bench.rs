@@ -7,6 +7,7 @@
 //! | `load_raw` | `HGETALL` of a document hash |
 //! | `load` | a cold `DataManager::get` (load, parse, deserialize, cache) |
 //! | `delivery` | from the start of an update on manager A to the change applied on manager B, at a paced rate |
+//! | `delivery_update` | the writers' `update` latency during `delivery` (commit acknowledged) |
 //! | `delivery_max` | pre-built deltas published as fast as possible; rate at which one replica applies them |
 
 use std::collections::HashMap;
@@ -319,7 +320,9 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
         measurements.insert("load", m);
     }
     if args.wants("delivery") {
-        measurements.insert("delivery", delivery(args, &dyn_store).await?);
+        let (delivered, updated) = delivery(args, &dyn_store).await?;
+        measurements.insert("delivery", delivered);
+        measurements.insert("delivery_update", updated);
     }
     if args.wants("delivery_max") {
         measurements.insert("delivery_max", delivery_max(args, store, &dyn_store).await?);
@@ -346,7 +349,12 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
 
 /// Manager A updates at `rate`/s; the time from the start of each update to the change being
 /// applied on manager B (its own sync service) is recorded.
-async fn delivery(args: &BenchArgs, store: &Arc<dyn Store>) -> anyhow::Result<Measurement> {
+/// Returns the delivery measurement and, as `delivery_update`, the writers' `update` latency
+/// during it (the part of a delivery spent before the commit is acknowledged).
+async fn delivery(
+    args: &BenchArgs,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<(Measurement, Measurement)> {
     progress(&format!("delivery at {} updates/s", args.rate));
     let docs = 2000usize;
     let a = DataManager::<OrderBook>::builder(store.clone(), "bench", "delivery")
@@ -393,6 +401,7 @@ async fn delivery(args: &BenchArgs, store: &Arc<dyn Store>) -> anyhow::Result<Me
         }
     });
     let total = (args.rate as f64 * args.seconds).max(1.0) as u64;
+    let update_lat: Arc<Mutex<Vec<f64>>> = Arc::default();
     let writers = 16u64;
     let per_writer_interval = Duration::from_secs_f64(writers as f64 / args.rate as f64);
     let started = Instant::now();
@@ -400,6 +409,7 @@ async fn delivery(args: &BenchArgs, store: &Arc<dyn Store>) -> anyhow::Result<Me
     let mut tasks = Vec::new();
     for w in 0..writers {
         let (a, starts, next) = (a.clone(), starts.clone(), next.clone());
+        let update_lat = update_lat.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(
                 tokio::time::Instant::now()
@@ -424,7 +434,12 @@ async fn delivery(args: &BenchArgs, store: &Arc<dyn Store>) -> anyhow::Result<Me
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert((id.clone(), v), Instant::now());
+                let t0 = Instant::now();
                 let _ = a.update(&id, |x| x.mutate(&mut rng)).await?;
+                update_lat
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(t0.elapsed().as_secs_f64() * 1e6);
             }
         }));
     }
@@ -444,7 +459,8 @@ async fn delivery(args: &BenchArgs, store: &Arc<dyn Store>) -> anyhow::Result<Me
     }
     let mut m = measurement(total as usize, elapsed, lat);
     m.ops_per_sec = total as f64 / elapsed.as_secs_f64();
-    Ok(m)
+    let updates = std::mem::take(&mut *update_lat.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok((m, measurement(updates.len(), elapsed, updates)))
 }
 
 /// Pre-built patch deltas for warm documents are published as fast as the replica applies

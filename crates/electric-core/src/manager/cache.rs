@@ -54,11 +54,6 @@ impl<E: Send + Sync> DocCache<E> {
         evicted
     }
 
-    /// Removes the entry for `id` and returns it.
-    pub(crate) fn take(&self, id: &str) -> Option<Arc<E>> {
-        self.map.pin().remove(id).cloned()
-    }
-
     pub(crate) fn remove(&self, id: &str) -> bool {
         self.map.pin().remove(id).is_some()
     }

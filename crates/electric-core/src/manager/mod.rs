@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use compact_str::CompactString;
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -79,16 +80,20 @@ struct Entry<T> {
     value: T,
 }
 
-/// A document's JSON tree at one stamp, kept so the next change need not rebuild it. Only the
-/// holder of the key's lock takes or keeps a tree.
+/// The slot for a document's kept JSON tree. Only the holder of the key's lock takes or fills
+/// it; the slot stays in the tree cache while its tree is out, so the cache's admission and
+/// eviction see one steady entry per hot key.
+#[derive(Default)]
+struct TreeSlot(Mutex<Option<Tree>>);
+
+/// A document's JSON tree at one stamp, kept so the next change need not rebuild it.
 struct Tree {
     stamp: Stamp,
     /// Whether the tree is exactly the cached value serialized (it was built from it). A tree
     /// patched by a remote delta may also hold members the type does not know; diffing a local
     /// update against such a tree would remove them, so updates only use exact trees.
     exact: bool,
-    touched: u64,
-    doc: Mutex<Option<Map<String, Value>>>,
+    doc: Map<String, Value>,
 }
 
 /// An immutable snapshot of a document: the value plus the stamp it was read at. Cheap to clone;
@@ -233,8 +238,8 @@ pub struct ManagerConfig {
     /// serializing the cached value again, and the next delta patches it in place. A tree costs
     /// about ten times the document's JSON size (a 3.5 KB order book: about 36 KB; see
     /// BENCHMARKS.md), so the default bounds them to about 37 MB of such documents. When full,
-    /// keeping a tree drops the least recently kept of a sample of 32; a dropped tree is
-    /// simply rebuilt from the typed value when next needed.
+    /// the cache (moka: frequency-based admission, LRU eviction) keeps the most used; a
+    /// document without a kept tree has it rebuilt from the typed value when needed.
     pub json_cache_entries: usize,
 }
 
@@ -347,7 +352,11 @@ impl<T: Document> DataManagerBuilder<T> {
                 section,
                 origin,
                 cache: DocCache::new(),
-                trees: DocCache::new(),
+                trees: (c.json_cache_entries > 0).then(|| {
+                    moka::sync::Cache::builder()
+                        .max_capacity(c.json_cache_entries as u64)
+                        .build_with_hasher(foldhash::fast::RandomState::default())
+                }),
                 locks: KeyLocks::default(),
                 clock: Clock::new(),
                 events: broadcast::channel(c.event_capacity).0,
@@ -388,8 +397,10 @@ struct Inner<T> {
     section: SectionId,
     origin: String,
     cache: DocCache<Entry<T>>,
-    /// JSON trees of hot documents; see [`ManagerConfig::json_cache_entries`].
-    trees: DocCache<Tree>,
+    /// JSON trees of hot documents (`None` when turned off); see
+    /// [`ManagerConfig::json_cache_entries`]. moka's frequency-based admission keeps a steady
+    /// set of trees when more documents are hot than fit, instead of churning through them.
+    trees: Option<moka::sync::Cache<CompactString, Arc<TreeSlot>, foldhash::fast::RandomState>>,
     locks: KeyLocks,
     clock: Clock,
     events: broadcast::Sender<ChangeEvent>,
@@ -847,7 +858,7 @@ impl<T: Document> DataManager<T> {
     pub fn stats(&self) -> ManagerStats {
         self.inner
             .counters
-            .snapshot(self.inner.cache.len(), self.inner.trees.len())
+            .snapshot(self.inner.cache.len(), self.tree_count())
     }
 
     // ---- internals -------------------------------------------------------------------------
@@ -878,41 +889,44 @@ impl<T: Document> DataManager<T> {
     }
 
     /// Takes the kept JSON tree of `id` if it is at `stamp` (and, with `exact`, is exactly the
-    /// cached value serialized). Any other kept tree is dropped. Caller holds the key lock.
+    /// cached value serialized). A kept tree at another stamp is dropped. Caller holds the key
+    /// lock.
     fn take_tree(&self, id: &str, stamp: Option<Stamp>, exact: bool) -> Option<Map<String, Value>> {
-        let tree = self.inner.trees.take(id)?;
-        if Some(tree.stamp) != stamp || (exact && !tree.exact) {
-            return None;
-        }
-        let doc = tree
-            .doc
+        let slot = self.inner.trees.as_ref()?.get(id)?;
+        let tree = slot
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        doc
+            .take()?;
+        (Some(tree.stamp) == stamp && (tree.exact || !exact)).then_some(tree.doc)
     }
 
     /// Keeps `doc` as the JSON tree of `id` at `stamp`, within
     /// [`ManagerConfig::json_cache_entries`]. Caller holds the key lock.
     fn keep_tree(&self, id: &str, stamp: Stamp, doc: Map<String, Value>, exact: bool) {
-        let capacity = self.inner.config.json_cache_entries;
-        if capacity == 0 {
+        let Some(trees) = &self.inner.trees else {
             return;
+        };
+        let tree = Some(Tree { stamp, exact, doc });
+        match trees.get(id) {
+            Some(slot) => *slot.0.lock().unwrap_or_else(PoisonError::into_inner) = tree,
+            None => trees.insert(id.into(), Arc::new(TreeSlot(Mutex::new(tree)))),
         }
-        let tree = Arc::new(Tree {
-            stamp,
-            exact,
-            touched: self.inner.clock.now(),
-            doc: Mutex::new(Some(doc)),
-        });
-        self.inner
-            .trees
-            .insert_bounded(id, tree, capacity, |t| t.touched);
+    }
+
+    /// How many tree slots are held (after the cache's pending evictions have run).
+    fn tree_count(&self) -> usize {
+        self.inner.trees.as_ref().map_or(0, |t| {
+            t.run_pending_tasks();
+            t.entry_count() as usize
+        })
     }
 
     /// Drops `id` from the cache and its tree; whether it was cached.
     fn forget(&self, id: &str) -> bool {
-        self.inner.trees.remove(id);
+        if let Some(trees) = &self.inner.trees {
+            trees.invalidate(id);
+        }
         self.inner.cache.remove(id)
     }
 
