@@ -609,13 +609,16 @@ impl RedisStore {
         // Member texts are handed over unparsed: the reader deserializes its type straight from
         // them, and text that is not JSON is reported then (see `Members`).
         let mut doc = Members::with_capacity(fields.len());
-        for (name, value) in fields {
-            let name =
-                String::from_utf8(name).map_err(|_| bad("field name is not UTF-8".into()))?;
-            if let Some(member) = name.strip_prefix(layout::MEMBER_PREFIX) {
+        for (mut name, value) in fields {
+            if name.starts_with(layout::MEMBER_PREFIX.as_bytes()) {
+                name.drain(..layout::MEMBER_PREFIX.len());
+                let member =
+                    String::from_utf8(name).map_err(|_| bad("member name is not UTF-8".into()))?;
                 doc.push(member, value);
                 continue;
             }
+            let name =
+                String::from_utf8(name).map_err(|_| bad("field name is not UTF-8".into()))?;
             let text = String::from_utf8(value).map_err(|_| bad(format!("{name} is not UTF-8")))?;
             match name.as_str() {
                 layout::VERSION_FIELD => version = text.parse::<u64>().ok(),
