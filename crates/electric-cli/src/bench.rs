@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -377,6 +376,22 @@ async fn delivery(
         .build()?
         .spawn(token.clone());
     tokio::time::sleep(Duration::from_millis(200)).await; // let the subscription start
+                                                          // Warm-up, not timed: every document changes once more and B applies it, so both managers
+                                                          // hold the documents' JSON trees and their memory is mapped before the clock starts.
+    let applied_before = b.stats().applied;
+    let mut rng = SmallRng::seed_from_u64(u64::MAX);
+    for i in 0..docs {
+        let _ = a.update(&book_id("d-", i), |x| x.mutate(&mut rng)).await?;
+    }
+    let warm_deadline = Instant::now() + Duration::from_secs(30);
+    while b.stats().applied - applied_before < docs as u64 {
+        ensure!(
+            Instant::now() < warm_deadline,
+            "delivery: the replica applied {} of {docs} warm-up deltas in 30 s",
+            b.stats().applied - applied_before
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let starts: Arc<Mutex<HashMap<(String, u64), Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let mut events = b.changes();
@@ -403,29 +418,23 @@ async fn delivery(
     let total = (args.rate as f64 * args.seconds).max(1.0) as u64;
     let update_lat: Arc<Mutex<Vec<f64>>> = Arc::default();
     let writers = 16u64;
-    let per_writer_interval = Duration::from_secs_f64(writers as f64 / args.rate as f64);
-    let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
+    // Updates are released at an even pace by a thread of their own: tokio's timers have
+    // millisecond resolution, so per-writer intervals would release the 10 updates of each
+    // millisecond together and measure that burst's queueing rather than delivery. Update n goes
+    // to writer n % 16; a writer that falls behind fills its queue and slows the pacer down,
+    // which shows as a lower achieved rate.
+    let mut queues = Vec::new();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (a, starts, next) = (a.clone(), starts.clone(), next.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1024);
+        queues.push(tx);
+        let (a, starts) = (a.clone(), starts.clone());
         let update_lat = update_lat.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(
-                tokio::time::Instant::now()
-                    + per_writer_interval.mul_f64(w as f64 / writers as f64),
-                per_writer_interval,
-            );
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut rng = SmallRng::seed_from_u64(w);
             let owned = (docs as u64 / writers).max(1);
             let mut k = 0u64;
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
-                    return anyhow::Ok(());
-                }
-                tick.tick().await;
+            while rx.recv().await.is_some() {
                 // Writer w owns documents w, w+16, … so no two writers touch one document.
                 let id = book_id("d-", (w + writers * (k % owned)) as usize);
                 k += 1;
@@ -441,8 +450,25 @@ async fn delivery(
                     .unwrap_or_else(|p| p.into_inner())
                     .push(t0.elapsed().as_secs_f64() * 1e6);
             }
+            anyhow::Ok(())
         }));
     }
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let started = Instant::now();
+    let pacer = std::thread::spawn(move || {
+        for n in 0..total {
+            let due = started + interval.mul_f64(n as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if queues[(n % writers) as usize].blocking_send(()).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
     for t in tasks {
         t.await??;
     }

@@ -31,9 +31,9 @@ impl Document for Book {
     }
 }
 
-fn manager(store: &Arc<MemoryStore>, trees: usize) -> DataManager<Book> {
+fn manager(store: &Arc<MemoryStore>, tree_bytes: u64) -> DataManager<Book> {
     DataManager::builder(store.clone() as Arc<dyn Store>, "p", "books")
-        .json_cache_entries(trees)
+        .json_cache_bytes(tree_bytes)
         .build()
         .unwrap()
 }
@@ -64,7 +64,7 @@ fn mutate(b: &mut Book, rng: &mut SmallRng) {
 #[tokio::test]
 async fn kept_trees_change_no_delta() {
     let (s1, s2) = (Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new()));
-    let (with, without) = (manager(&s1, 1024), manager(&s2, 0));
+    let (with, without) = (manager(&s1, 1 << 20), manager(&s2, 0));
     let (mut r1, mut r2) = (SmallRng::seed_from_u64(5), SmallRng::seed_from_u64(5));
     for i in 0..400 {
         let id = format!("b{}", i % 7);
@@ -100,7 +100,7 @@ async fn kept_trees_change_no_delta() {
 #[tokio::test]
 async fn a_local_update_keeps_members_the_type_does_not_know() {
     let store = Arc::new(MemoryStore::new());
-    let m = manager(&store, 1024);
+    let m = manager(&store, 1 << 20);
     let _ = m.update("b", |b| b.n = 1).await.unwrap();
     let key = m.key("b").unwrap();
     let stamp = m.cached("b").unwrap().stamp();
@@ -137,11 +137,16 @@ async fn a_local_update_keeps_members_the_type_does_not_know() {
     );
 }
 
-/// At most `json_cache_entries` trees are kept; dropping a document drops its tree.
+/// Kept trees stay within `json_cache_bytes` (each weighed at ten times its document's JSON
+/// size); dropping a document drops its tree.
 #[tokio::test]
 async fn kept_trees_are_bounded() {
     let store = Arc::new(MemoryStore::new());
-    let m = manager(&store, 3);
+    let json_len = serde_json::to_vec(&Book::empty(&Key::new("p", "books", "b").unwrap()))
+        .unwrap()
+        .len() as u64;
+    // Room for three trees, not four.
+    let m = manager(&store, json_len * 10 * 3 + json_len * 5);
     for round in 0..3 {
         for i in 0..10 {
             let _ = m.update(&format!("b{i}"), |b| b.n += 1).await.unwrap();

@@ -237,7 +237,7 @@ impl Serialize for RepairCounts {
 pub struct ManagerStats {
     /// Documents in the local cache.
     pub cached: usize,
-    /// JSON trees kept for hot documents (at most `ManagerConfig::json_cache_entries`).
+    /// JSON trees kept for hot documents (within `ManagerConfig::json_cache_bytes`).
     pub json_trees: usize,
     /// Commits made by this manager.
     pub committed: u64,

@@ -77,14 +77,24 @@ struct Entry<T> {
     touched: AtomicU64,
     stamp: Option<Stamp>,
     change_time: u64,
+    /// The value's compact JSON size in bytes, as last known (exact after a load or an update,
+    /// carried over by a remote delta); it weighs the document's kept JSON tree.
+    json_len: u32,
     value: T,
 }
 
 /// The slot for a document's kept JSON tree. Only the holder of the key's lock takes or fills
 /// it; the slot stays in the tree cache while its tree is out, so the cache's admission and
 /// eviction see one steady entry per hot key.
-#[derive(Default)]
-struct TreeSlot(Mutex<Option<Tree>>);
+struct TreeSlot {
+    /// Estimated bytes of the tree, fixed when the slot is made (see [`TREE_BYTES_PER_JSON_BYTE`]).
+    weight: u32,
+    tree: Mutex<Option<Tree>>,
+}
+
+/// How much memory a `serde_json::Value` tree takes per byte of its compact JSON text: 10.1 for
+/// the order book (`cargo bench -p electric-core --bench footprint`); used to weigh kept trees.
+const TREE_BYTES_PER_JSON_BYTE: u32 = 10;
 
 /// A document's JSON tree at one stamp, kept so the next change need not rebuild it.
 struct Tree {
@@ -233,14 +243,14 @@ pub struct ManagerConfig {
     pub event_capacity: usize,
     /// Keys per batched version lookup in anti-entropy (default 256).
     pub anti_entropy_batch: usize,
-    /// Documents whose JSON tree is kept after a local update or an applied delta (default
-    /// 1024; 0 keeps none). With the tree at hand the next update diffs against it instead of
-    /// serializing the cached value again, and the next delta patches it in place. A tree costs
-    /// about ten times the document's JSON size (a 3.5 KB order book: about 36 KB; see
-    /// BENCHMARKS.md), so the default bounds them to about 37 MB of such documents. When full,
-    /// the cache (moka: frequency-based admission, LRU eviction) keeps the most used; a
-    /// document without a kept tree has it rebuilt from the typed value when needed.
-    pub json_cache_entries: usize,
+    /// Memory for the JSON trees kept after a local update or an applied delta (default
+    /// 128 MiB; 0 keeps none). With the tree at hand the next update diffs against it instead of
+    /// serializing the cached value again, and the next delta patches it in place. A tree is
+    /// weighed at ten times the document's JSON size, as measured for the 3.5 KB order book
+    /// (about 36 KB a tree, so the default holds about 3,700 of them). When full, the cache
+    /// (moka: frequency-based admission, LRU eviction) keeps the most used; a document without a
+    /// kept tree has one rebuilt from the typed value when needed.
+    pub json_cache_bytes: u64,
 }
 
 impl Default for ManagerConfig {
@@ -255,7 +265,7 @@ impl Default for ManagerConfig {
             ttl: None,
             event_capacity: 1024,
             anti_entropy_batch: 256,
-            json_cache_entries: 1024,
+            json_cache_bytes: 128 << 20,
         }
     }
 }
@@ -282,9 +292,9 @@ impl<T: Document> DataManagerBuilder<T> {
         self
     }
 
-    /// See [`ManagerConfig::json_cache_entries`].
-    pub fn json_cache_entries(mut self, n: usize) -> Self {
-        self.config.json_cache_entries = n;
+    /// See [`ManagerConfig::json_cache_bytes`].
+    pub fn json_cache_bytes(mut self, n: u64) -> Self {
+        self.config.json_cache_bytes = n;
         self
     }
 
@@ -352,9 +362,10 @@ impl<T: Document> DataManagerBuilder<T> {
                 section,
                 origin,
                 cache: DocCache::new(),
-                trees: (c.json_cache_entries > 0).then(|| {
+                trees: (c.json_cache_bytes > 0).then(|| {
                     moka::sync::Cache::builder()
-                        .max_capacity(c.json_cache_entries as u64)
+                        .max_capacity(c.json_cache_bytes)
+                        .weigher(|_, slot: &Arc<TreeSlot>| slot.weight)
                         .build_with_hasher(foldhash::fast::RandomState::default())
                 }),
                 locks: KeyLocks::default(),
@@ -398,7 +409,7 @@ struct Inner<T> {
     origin: String,
     cache: DocCache<Entry<T>>,
     /// JSON trees of hot documents (`None` when turned off); see
-    /// [`ManagerConfig::json_cache_entries`]. moka's frequency-based admission keeps a steady
+    /// [`ManagerConfig::json_cache_bytes`]. moka's frequency-based admission keeps a steady
     /// set of trees when more documents are hot than fit, instead of churning through them.
     trees: Option<moka::sync::Cache<CompactString, Arc<TreeSlot>, foldhash::fast::RandomState>>,
     locks: KeyLocks,
@@ -562,6 +573,7 @@ impl<T: Document> DataManager<T> {
                 value,
                 stamp: None,
                 change_time: 0,
+                json_len: 0,
                 touched: AtomicU64::new(0),
             }),
         })
@@ -655,25 +667,28 @@ impl<T: Document> DataManager<T> {
             };
             if ops.0.is_empty() {
                 Counters::bump(&inner.counters.unchanged);
-                if let Some(stamp) = expected {
-                    self.keep_tree(id, stamp, old_json, true);
+                if let (Some(stamp), Some(d)) = (expected, &current) {
+                    self.keep_tree(id, stamp, old_json, true, d.entry.json_len);
                 }
                 return Ok(UpdateOutcome::Unchanged {
                     version: expected.map_or(0, |s| s.version),
                 });
             }
-            let commit = self.build_commit(&key, expected, &old_json, &new_json, ops)?;
+            let (commit, json_len) =
+                self.build_commit(&key, expected, &old_json, &new_json, ops)?;
             drop(old_json);
+            let json_len = u32::try_from(json_len).unwrap_or(u32::MAX);
             match inner.store.commit(commit).await? {
                 CommitOutcome::Committed(delta) => {
                     Counters::bump(&inner.counters.committed);
-                    self.keep_tree(id, delta.stamp(), new_json, true);
+                    self.keep_tree(id, delta.stamp(), new_json, true, json_len);
                     self.put(
                         id,
                         Entry {
                             value,
                             stamp: Some(delta.stamp()),
                             change_time: delta.change_time,
+                            json_len,
                             touched: AtomicU64::new(inner.clock.refresh()),
                         },
                     );
@@ -714,7 +729,7 @@ impl<T: Document> DataManager<T> {
         old: &Map<String, Value>,
         new: &Map<String, Value>,
         ops: Patch,
-    ) -> Result<Commit> {
+    ) -> Result<(Commit, usize)> {
         let config = &self.inner.config;
         let text = |v: &Value| serde_json::value::to_raw_value(v).map_err(|e| Error::serde(key, e));
         let mut names: Vec<String> = ops
@@ -774,7 +789,7 @@ impl<T: Document> DataManager<T> {
             );
             (DeltaKind::Patch, ops)
         };
-        Ok(Commit {
+        let commit = Commit {
             key: key.clone(),
             expected,
             fields,
@@ -782,7 +797,8 @@ impl<T: Document> DataManager<T> {
             ops,
             origin: self.inner.origin.clone(),
             ttl: config.ttl,
-        })
+        };
+        Ok((commit, size))
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -894,7 +910,7 @@ impl<T: Document> DataManager<T> {
     fn take_tree(&self, id: &str, stamp: Option<Stamp>, exact: bool) -> Option<Map<String, Value>> {
         let slot = self.inner.trees.as_ref()?.get(id)?;
         let tree = slot
-            .0
+            .tree
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()?;
@@ -902,15 +918,29 @@ impl<T: Document> DataManager<T> {
     }
 
     /// Keeps `doc` as the JSON tree of `id` at `stamp`, within
-    /// [`ManagerConfig::json_cache_entries`]. Caller holds the key lock.
-    fn keep_tree(&self, id: &str, stamp: Stamp, doc: Map<String, Value>, exact: bool) {
+    /// [`ManagerConfig::json_cache_bytes`]. Caller holds the key lock.
+    /// `json_len` (the document's JSON size) weighs a new slot.
+    fn keep_tree(
+        &self,
+        id: &str,
+        stamp: Stamp,
+        doc: Map<String, Value>,
+        exact: bool,
+        json_len: u32,
+    ) {
         let Some(trees) = &self.inner.trees else {
             return;
         };
         let tree = Some(Tree { stamp, exact, doc });
         match trees.get(id) {
-            Some(slot) => *slot.0.lock().unwrap_or_else(PoisonError::into_inner) = tree,
-            None => trees.insert(id.into(), Arc::new(TreeSlot(Mutex::new(tree)))),
+            Some(slot) => *slot.tree.lock().unwrap_or_else(PoisonError::into_inner) = tree,
+            None => trees.insert(
+                id.into(),
+                Arc::new(TreeSlot {
+                    weight: json_len.saturating_mul(TREE_BYTES_PER_JSON_BYTE).max(1),
+                    tree: Mutex::new(tree),
+                }),
+            ),
         }
     }
 
@@ -982,6 +1012,7 @@ impl<T: Document> DataManager<T> {
                 value,
                 stamp: Some(snap.stamp),
                 change_time: snap.change_time,
+                json_len: u32::try_from(snap.doc.json_len()).unwrap_or(u32::MAX),
                 touched: AtomicU64::new(self.inner.clock.refresh()),
             },
         ))
@@ -1028,7 +1059,8 @@ impl<T: Document> DataManager<T> {
     /// Applies `delta` on top of `doc`.
     /// Applies `delta` on top of `doc`: patches the kept JSON tree in place (or one built from
     /// the cached value) and deserializes the result. Returns the value and the patched tree.
-    fn apply_to(&self, doc: &Doc<T>, delta: &Delta) -> Result<(T, Map<String, Value>)> {
+    /// The size carried along is the document's last known JSON size.
+    fn apply_to(&self, doc: &Doc<T>, delta: &Delta) -> Result<(T, Map<String, Value>, u32)> {
         let key = &delta.key;
         let tree = match self.take_tree(key.id(), doc.stamp(), false) {
             Some(tree) => tree,
@@ -1044,17 +1076,22 @@ impl<T: Document> DataManager<T> {
         };
         // Read through a reference so the tree can be kept.
         let value = T::deserialize(&tree).map_err(|e| Error::serde(key, e))?;
-        Ok((value, tree))
+        Ok((value, tree, doc.entry.json_len))
     }
 
-    fn install(&self, delta: &Delta, (value, tree): (T, Map<String, Value>)) -> Doc<T> {
-        self.keep_tree(delta.key.id(), delta.stamp(), tree, false);
+    fn install(
+        &self,
+        delta: &Delta,
+        (value, tree, json_len): (T, Map<String, Value>, u32),
+    ) -> Doc<T> {
+        self.keep_tree(delta.key.id(), delta.stamp(), tree, false, json_len);
         self.put(
             delta.key.id(),
             Entry {
                 value,
                 stamp: Some(delta.stamp()),
                 change_time: delta.change_time,
+                json_len,
                 touched: AtomicU64::new(self.inner.clock.now()),
             },
         )

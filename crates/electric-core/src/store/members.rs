@@ -55,6 +55,17 @@ impl Members {
         self.entries.len()
     }
 
+    /// The length of the document as one compact JSON object: `{"name":text,…}` (names counted
+    /// as they are, without escapes).
+    pub fn json_len(&self) -> usize {
+        let members: usize = self
+            .entries
+            .iter()
+            .map(|(n, t)| n.len() + 3 + t.len())
+            .sum();
+        2 + members + self.entries.len().saturating_sub(1)
+    }
+
     /// Whether there are no members.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -331,6 +342,8 @@ mod tests {
         };
         let m = Members::from_map(&map);
         assert_eq!(m.to_map().unwrap(), map);
+        assert_eq!(m.json_len(), serde_json::to_string(&map).unwrap().len());
+        assert_eq!(Members::new().json_len(), 2);
         assert_eq!(m.value("s").unwrap(), Some(json!("x\"y")));
         assert_eq!(m.value("missing").unwrap(), None);
     }
