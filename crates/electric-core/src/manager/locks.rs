@@ -1,28 +1,49 @@
 //! Per-key async locks that exist only while somebody holds or waits for them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
+/// Shards of the map, so that threads locking different keys rarely meet on one mutex.
+const SHARDS: usize = 16;
+
+type Shard = Mutex<HashMap<String, Arc<AsyncMutex<()>>, foldhash::fast::RandomState>>;
+
 /// A map of per-key async mutexes. An entry is created on first use and removed when its last
 /// holder or waiter goes away, so the map holds at most one entry per key in use.
-#[derive(Default)]
 pub(crate) struct KeyLocks {
-    map: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    hasher: foldhash::fast::RandomState,
+    shards: [Shard; SHARDS],
+}
+
+impl Default for KeyLocks {
+    fn default() -> Self {
+        KeyLocks {
+            hasher: foldhash::fast::RandomState::default(),
+            shards: std::array::from_fn(|_| Mutex::default()),
+        }
+    }
 }
 
 /// Holds one key's lock; releases it (and forgets the entry if nobody else wants it) on drop.
 pub(crate) struct KeyGuard<'a> {
-    locks: &'a KeyLocks,
-    id: String,
+    shard: &'a Shard,
+    id: &'a str,
     lock: Arc<AsyncMutex<()>>,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
+fn entries(
+    shard: &Shard,
+) -> MutexGuard<'_, HashMap<String, Arc<AsyncMutex<()>>, foldhash::fast::RandomState>> {
+    shard.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl KeyLocks {
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<AsyncMutex<()>>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn shard(&self, id: &str) -> &Shard {
+        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
     }
 
     /// Waits for the lock of `id`.
@@ -30,11 +51,18 @@ impl KeyLocks {
     /// # Cancel safety
     ///
     /// Cancel safe: a cancelled waiter leaves no entry behind.
-    pub(crate) async fn lock(&self, id: &str) -> KeyGuard<'_> {
-        let lock = self.entries().entry(id.to_string()).or_default().clone();
+    pub(crate) async fn lock<'a>(&'a self, id: &'a str) -> KeyGuard<'a> {
+        let shard = self.shard(id);
+        let lock = {
+            let mut map = entries(shard);
+            match map.get(id) {
+                Some(l) => l.clone(),
+                None => map.entry(id.to_string()).or_default().clone(),
+            }
+        };
         let mut slot = KeyGuard {
-            locks: self,
-            id: id.to_string(),
+            shard,
+            id,
             lock,
             guard: None,
         };
@@ -44,23 +72,23 @@ impl KeyLocks {
 
     /// Whether somebody holds or waits for the lock of `id`.
     pub(crate) fn is_busy(&self, id: &str) -> bool {
-        self.entries().contains_key(id)
+        entries(self.shard(id)).contains_key(id)
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.entries().len()
+        self.shards.iter().map(|s| entries(s).len()).sum()
     }
 }
 
 impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         self.guard.take();
-        let mut map = self.locks.entries();
+        let mut map = entries(self.shard);
         // Two owners left (the map and this guard) means nobody else holds or waits: clones are
-        // only made under the map lock, which we hold.
+        // only made under the shard's lock, which we hold.
         if Arc::strong_count(&self.lock) == 2 {
-            map.remove(&self.id);
+            map.remove(self.id);
         }
     }
 }
