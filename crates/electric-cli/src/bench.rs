@@ -305,12 +305,14 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
             .origin("bench-reader")
             .build()?;
         let r = reader.clone();
+        // Ids built up front, as `load_raw`'s keys are.
+        let ids: Arc<Vec<String>> = Arc::new((0..c).map(|i| book_id("upd-", i)).collect());
         let m = closed_loop(c, args.seconds, move |client, _| {
-            let r = r.clone();
+            let (r, ids) = (r.clone(), ids.clone());
             async move {
-                let id = book_id("upd-", client);
-                r.remove_from_cache(&id);
-                let d = r.get(&id).await?;
+                let id = &ids[client];
+                r.remove_from_cache(id);
+                let d = r.get(id).await?;
                 ensure!(d.is_some_and(|d| d.version() > 0), "document missing");
                 Ok(())
             }
