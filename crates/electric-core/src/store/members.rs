@@ -124,7 +124,7 @@ impl Members {
             current: 0,
             failed: &failed,
         };
-        T::deserialize(MapDeserializer(Cell::new(Some(access))))
+        T::deserialize(MapDeserializer(access))
             .map_err(|e| MembersError::new(failed.get().map(|i| self.entries[i].0.as_str()), e))
     }
 }
@@ -183,9 +183,8 @@ impl MembersError {
     }
 }
 
-/// A deserializer presenting the members as one JSON object. It can be consumed once; the
-/// `Cell` lets `deserialize_any` take the access by value.
-struct MapDeserializer<'a>(Cell<Option<Access<'a>>>);
+/// A deserializer presenting the members as one JSON object.
+struct MapDeserializer<'a>(Access<'a>);
 
 struct Access<'a> {
     entries: std::iter::Enumerate<std::slice::Iter<'a, (String, Vec<u8>)>>,
@@ -198,10 +197,7 @@ impl<'de> de::Deserializer<'de> for MapDeserializer<'de> {
     type Error = serde_json::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self.0.take() {
-            Some(access) => visitor.visit_map(access),
-            None => Err(de::Error::custom("members deserialized twice")),
-        }
+        visitor.visit_map(self.0)
     }
 
     forward_to_deserialize_any! {
