@@ -82,6 +82,33 @@ pub(crate) fn str_json_len(s: &str) -> usize {
     serialized_len(s)
 }
 
+/// About how much applying `ops` to `doc` changes its compact JSON length, in bytes, judged from
+/// `doc` before the patch: each value written counts in full, each value replaced or removed
+/// counts out, and a new member or element adds its name and punctuation. Cheap for patches of
+/// small values (it sizes only what the operations touch); for weighing, not for limits.
+pub(crate) fn size_change(doc: &Value, ops: &Patch) -> i64 {
+    let size = |v: &Value| serialized_len(v) as i64;
+    let at = |path: &json_patch::jsonptr::Pointer| doc.pointer(path.as_str());
+    // A member's name, quotes and colon, or an element's comma.
+    let slot = |path: &json_patch::jsonptr::Pointer| {
+        path.last()
+            .map_or(0, |t| serialized_len(t.decoded().as_ref()) as i64 + 2)
+    };
+    ops.iter()
+        .map(|op| match op {
+            PatchOperation::Add(o) => match at(&o.path) {
+                Some(old) if !o.path.is_root() => size(&o.value) - size(old),
+                _ if o.path.is_root() => size(&o.value) - size(doc),
+                _ => size(&o.value) + slot(&o.path),
+            },
+            PatchOperation::Replace(o) => size(&o.value) - at(&o.path).map_or(0, size),
+            PatchOperation::Remove(o) => -(at(&o.path).map_or(0, size) + slot(&o.path)),
+            PatchOperation::Copy(o) => at(&o.from).map_or(0, size) + slot(&o.path),
+            PatchOperation::Move(_) | PatchOperation::Test(_) => 0,
+        })
+        .sum()
+}
+
 /// The length in bytes of `v` serialized as compact JSON.
 ///
 /// Nothing is allocated: the serializer writes into a byte counter.
@@ -477,6 +504,34 @@ mod tests {
 
     fn ops(v: Value) -> Patch {
         serde_json::from_value(v).expect("valid patch")
+    }
+
+    #[test]
+    fn size_change_follows_the_document() {
+        let len = |v: &Value| serde_json::to_string(v).unwrap().len() as i64;
+        let doc = json!({"a": 1, "b": {"c": "xyz", "d": [1, 2, 3]}, "e": [true]});
+        for new in [
+            json!({"a": 12345, "b": {"c": "xyz", "d": [1, 2, 3]}, "e": [true]}),
+            json!({"a": 1, "b": {"c": "a much longer string", "d": [1, 2, 3]}, "e": [true]}),
+            json!({"a": 1, "b": {"c": "xyz", "d": [1, 2, 3]}, "e": [true], "f": {"g": [1]}}),
+            json!({"a": 1, "b": {"d": [1, 2, 3]}, "e": [true]}),
+            json!({"a": 1, "b": {"c": "xyz", "d": [1, 2]}, "e": [true]}),
+            json!({"z": "everything replaced"}),
+        ] {
+            let p = diff(&doc, &new);
+            let estimate = len(&doc) + size_change(&doc, &p);
+            assert!(
+                (estimate - len(&new)).abs() <= 4 * p.0.len() as i64,
+                "{new}: estimated {estimate}, actual {}",
+                len(&new)
+            );
+        }
+        // Replacing the root counts the new document exactly.
+        let root = ops(json!([{"op": "replace", "path": "", "value": {"k": "v"}}]));
+        assert_eq!(
+            len(&doc) + size_change(&doc, &root),
+            len(&json!({"k": "v"}))
+        );
     }
 
     /// Diffs, checks the round trip, and returns the patch as JSON.

@@ -165,3 +165,45 @@ async fn kept_trees_are_bounded() {
         assert_eq!(m.get(&format!("b{i}")).await.unwrap().unwrap().n, 103);
     }
 }
+
+/// A document that grows through remote deltas has its tree re-weighed, so the byte bound holds:
+/// once the tree outweighs the whole cache it is no longer kept.
+#[tokio::test]
+async fn trees_are_reweighed_as_documents_grow() {
+    let store = Arc::new(MemoryStore::new());
+    let writer = manager(&store, 0);
+    let _ = writer.update("b", |b| b.n = 1).await.unwrap();
+    let json_len = |b: &Book| serde_json::to_vec(b).unwrap().len() as u64;
+    let small = json_len(&writer.cached("b").unwrap());
+    // Room for the tree of the small document, not for one of 20 times its size.
+    let replica = manager(&store, small * 10 * 4);
+    let _ = replica.get("b").await.unwrap();
+    let mut deltas = Vec::new();
+    for i in 0..20 {
+        if let UpdateOutcome::Changed { delta, .. } = writer
+            .update("b", |b| {
+                b.n += 1;
+                b.names
+                    .insert(format!("k{i:02}"), "v".repeat(small as usize));
+            })
+            .await
+            .unwrap()
+        {
+            deltas.push(delta);
+        }
+    }
+    replica.apply_remote(deltas[0].clone()).await;
+    assert_eq!(replica.stats().json_trees, 1, "{:?}", replica.stats());
+    for d in &deltas[1..] {
+        replica.apply_remote(d.clone()).await;
+    }
+    let big = json_len(&replica.cached("b").unwrap());
+    assert!(big > small * 10, "the document grew: {small} -> {big}");
+    assert_eq!(replica.stats().applied, 20);
+    assert_eq!(
+        replica.stats().json_trees,
+        0,
+        "a tree of {big} JSON bytes does not fit in {} bytes",
+        small * 40
+    );
+}

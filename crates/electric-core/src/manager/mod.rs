@@ -932,12 +932,17 @@ impl<T: Document> DataManager<T> {
             return;
         };
         let tree = Some(Tree { stamp, exact, doc });
+        let weight = json_len.saturating_mul(TREE_BYTES_PER_JSON_BYTE).max(1);
         match trees.get(id) {
-            Some(slot) => *slot.tree.lock().unwrap_or_else(PoisonError::into_inner) = tree,
-            None => trees.insert(
+            // Reuse the slot while its weight is within a factor of two of the tree's.
+            Some(slot) if weight / 2 <= slot.weight && slot.weight / 2 <= weight => {
+                *slot.tree.lock().unwrap_or_else(PoisonError::into_inner) = tree;
+            }
+            // A new slot, or one re-weighed because the document grew or shrank.
+            _ => trees.insert(
                 id.into(),
                 Arc::new(TreeSlot {
-                    weight: json_len.saturating_mul(TREE_BYTES_PER_JSON_BYTE).max(1),
+                    weight,
                     tree: Mutex::new(tree),
                 }),
             ),
@@ -1059,7 +1064,8 @@ impl<T: Document> DataManager<T> {
     /// Applies `delta` on top of `doc`.
     /// Applies `delta` on top of `doc`: patches the kept JSON tree in place (or one built from
     /// the cached value) and deserializes the result. Returns the value and the patched tree.
-    /// The size carried along is the document's last known JSON size.
+    /// The size returned is the document's last known JSON size adjusted by the delta
+    /// ([`patch::size_change`]).
     fn apply_to(&self, doc: &Doc<T>, delta: &Delta) -> Result<(T, Map<String, Value>, u32)> {
         let key = &delta.key;
         let tree = match self.take_tree(key.id(), doc.stamp(), false) {
@@ -1067,6 +1073,8 @@ impl<T: Document> DataManager<T> {
             None => self.to_object(key, doc.value())?,
         };
         let mut json = Value::Object(tree);
+        let json_len = (i64::from(doc.entry.json_len) + patch::size_change(&json, &delta.ops))
+            .clamp(2, i64::from(u32::MAX)) as u32;
         patch::apply(&mut json, &delta.ops)?;
         let Value::Object(tree) = json else {
             return Err(Error::NotAnObject {
@@ -1076,7 +1084,7 @@ impl<T: Document> DataManager<T> {
         };
         // Read through a reference so the tree can be kept.
         let value = T::deserialize(&tree).map_err(|e| Error::serde(key, e))?;
-        Ok((value, tree, doc.entry.json_len))
+        Ok((value, tree, json_len))
     }
 
     fn install(
