@@ -232,6 +232,54 @@ fn inspect_and_watch_show_what_was_written() {
     assert_eq!(missing.status.code(), Some(1));
 }
 
+/// A member a foreign writer left as broken JSON is shown as its text and listed, not an error.
+#[test]
+fn inspect_shows_a_member_that_is_not_json() {
+    let Some((rt, store)) = store() else { return };
+    let ns = store.layout().namespace().to_string();
+    let m = DataManager::<serde_json::Map<String, Value>>::builder(
+        Arc::new(store.clone()),
+        "shop",
+        "carts",
+    )
+    .build()
+    .expect("manager");
+    let doc_key = store
+        .layout()
+        .doc_key(&Key::new("shop", "carts", "broken").expect("key"));
+    rt.block_on(async {
+        m.update("broken", |d| {
+            d.insert("a".into(), 1.into());
+        })
+        .await
+        .expect("write");
+        store
+            .query::<u64>(
+                electric::redis::redis::cmd("HSET")
+                    .arg(&doc_key)
+                    .arg(".b")
+                    .arg("{oops"),
+            )
+            .await
+            .expect("hset");
+    });
+    let out = electric()
+        .args(["inspect", "--redis", &url(), "--namespace", &ns])
+        .args(["shop", "carts", "broken", "--json"])
+        .output()
+        .expect("run electric inspect");
+    cleanup(&rt, &store);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
+    assert_eq!(v["fields"]["a"], 1);
+    assert_eq!(v["fields"]["b"], "{oops");
+    assert_eq!(v["unparsable_fields"], serde_json::json!(["b"]));
+}
+
 #[test]
 fn bench_json_has_the_documented_shape() {
     let Some((rt, store)) = store() else { return };
