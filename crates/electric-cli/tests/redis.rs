@@ -248,11 +248,12 @@ fn inspect_shows_a_member_that_is_not_json() {
         .layout()
         .doc_key(&Key::new("shop", "carts", "broken").expect("key"));
     rt.block_on(async {
-        m.update("broken", |d| {
-            d.insert("a".into(), 1.into());
-        })
-        .await
-        .expect("write");
+        let _ = m
+            .update("broken", |d| {
+                d.insert("a".into(), 1.into());
+            })
+            .await
+            .expect("write");
         store
             .query::<u64>(
                 electric::redis::redis::cmd("HSET")
