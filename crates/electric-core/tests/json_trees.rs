@@ -207,3 +207,27 @@ async fn trees_are_reweighed_as_documents_grow() {
         small * 40
     );
 }
+
+/// Documents leaving the cache by eviction or idle flush take their trees with them.
+#[tokio::test]
+async fn evicted_and_flushed_documents_drop_their_trees() {
+    let store = Arc::new(MemoryStore::new());
+    let m = DataManager::<Book>::builder(store.clone() as Arc<dyn Store>, "p", "books")
+        .max_entries(3)
+        .json_cache_bytes(1 << 20)
+        .build()
+        .unwrap();
+    for i in 0..10 {
+        let _ = m.update(&format!("b{i}"), |b| b.n = i).await.unwrap();
+    }
+    let stats = m.stats();
+    assert!(stats.cached <= 3, "{stats:?}");
+    assert!(
+        stats.json_trees <= stats.cached,
+        "trees of evicted documents linger: {stats:?}"
+    );
+    assert!(stats.json_trees > 0, "{stats:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(m.flush_idle(std::time::Duration::ZERO), stats.cached);
+    assert_eq!(m.stats().json_trees, 0, "{:?}", m.stats());
+}

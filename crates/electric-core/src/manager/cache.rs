@@ -30,17 +30,17 @@ impl<E: Send + Sync> DocCache<E> {
     }
 
     /// Inserts `entry`, then, while over `capacity`, evicts the entry with the oldest `touched`
-    /// reading of a sample of 32 (never `id` itself): approximately least-recently-used. Returns
-    /// how many were evicted.
+    /// reading of a sample of 32 (never `id` itself): approximately least-recently-used. Calls
+    /// `evicted` with each victim's id.
     pub(crate) fn insert_bounded(
         &self,
         id: &str,
         entry: Arc<E>,
         capacity: usize,
         touched: impl Fn(&E) -> u64,
-    ) -> usize {
+        mut evicted: impl FnMut(&str),
+    ) {
         self.insert(id, entry);
-        let mut evicted = 0;
         while self.len() > capacity {
             let victim = self
                 .sample(32, id)
@@ -48,10 +48,9 @@ impl<E: Send + Sync> DocCache<E> {
                 .min_by_key(|(_, e)| touched(e));
             let Some((victim, _)) = victim else { break };
             if self.remove(&victim) {
-                evicted += 1;
+                evicted(&victim);
             }
         }
-        evicted
     }
 
     pub(crate) fn remove(&self, id: &str) -> bool {
@@ -63,10 +62,10 @@ impl<E: Send + Sync> DocCache<E> {
     }
 
     /// Keeps only the entries `keep` accepts; returns how many were dropped.
-    pub(crate) fn retain(&self, mut keep: impl FnMut(&E) -> bool) -> usize {
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&str, &E) -> bool) -> usize {
         let map = self.map.pin();
         let before = map.len();
-        map.retain(|_, e| keep(e));
+        map.retain(|id, e| keep(id, e));
         before.saturating_sub(map.len())
     }
 

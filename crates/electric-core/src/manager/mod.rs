@@ -77,8 +77,9 @@ struct Entry<T> {
     touched: AtomicU64,
     stamp: Option<Stamp>,
     change_time: u64,
-    /// The value's compact JSON size in bytes, as last known (exact after a load or an update,
-    /// carried over by a remote delta); it weighs the document's kept JSON tree.
+    /// The value's compact JSON size in bytes, as last known: counted after an update or a
+    /// snapshot delta, summed from the stored member texts after a load, estimated from the
+    /// operations after a patch delta. It weighs the document's kept JSON tree.
     json_len: u32,
     value: T,
 }
@@ -837,10 +838,13 @@ impl<T: Document> DataManager<T> {
     pub fn flush_idle(&self, max_idle: Duration) -> usize {
         let now = self.inner.clock.refresh();
         let limit = max_idle.as_millis() as u64;
-        let flushed = self
-            .inner
-            .cache
-            .retain(|e| now.saturating_sub(e.touched.load(Ordering::Relaxed)) <= limit);
+        let flushed = self.inner.cache.retain(|id, e| {
+            let keep = now.saturating_sub(e.touched.load(Ordering::Relaxed)) <= limit;
+            if !keep {
+                self.forget_tree(id);
+            }
+            keep
+        });
         self.inner
             .counters
             .flushed
@@ -889,8 +893,9 @@ impl<T: Document> DataManager<T> {
         }
     }
 
-    /// Deserializes a loaded document straight from its member texts. Text that is not JSON is
-    /// [`Error::Malformed`] (a foreign writer); JSON that does not fit `T` is [`Error::Serde`].
+    /// Deserializes a loaded document straight from its member texts. Text that cannot be
+    /// parsed ([`MembersError::is_syntax`]: not JSON, or a number or nesting serde_json cannot
+    /// represent) is [`Error::Malformed`]; JSON that does not fit `T` is [`Error::Serde`].
     fn to_typed(&self, key: &Key, doc: &crate::store::Members) -> Result<T> {
         doc.deserialize().map_err(|e: MembersError| {
             if e.is_syntax() {
@@ -959,10 +964,14 @@ impl<T: Document> DataManager<T> {
 
     /// Drops `id` from the cache and its tree; whether it was cached.
     fn forget(&self, id: &str) -> bool {
+        self.forget_tree(id);
+        self.inner.cache.remove(id)
+    }
+
+    fn forget_tree(&self, id: &str) {
         if let Some(trees) = &self.inner.trees {
             trees.invalidate(id);
         }
-        self.inner.cache.remove(id)
     }
 
     fn emit(&self, key: &Key, stamp: Option<Stamp>, cause: impl FnOnce() -> ChangeCause) {
@@ -994,18 +1003,16 @@ impl<T: Document> DataManager<T> {
     /// touched of a sample of 32, never `id` itself) while over capacity.
     fn put(&self, id: &str, entry: Entry<T>) -> Doc<T> {
         let entry = Arc::new(entry);
-        let evicted = self.inner.cache.insert_bounded(
+        self.inner.cache.insert_bounded(
             id,
             entry.clone(),
             self.inner.config.max_entries,
             |e| e.touched.load(Ordering::Relaxed),
+            |victim| {
+                Counters::bump(&self.inner.counters.evicted);
+                self.forget_tree(victim);
+            },
         );
-        if evicted > 0 {
-            self.inner
-                .counters
-                .evicted
-                .fetch_add(evicted as u64, Ordering::Relaxed);
-        }
         Doc { entry }
     }
 
@@ -1061,11 +1068,10 @@ impl<T: Document> DataManager<T> {
         }
     }
 
-    /// Applies `delta` on top of `doc`.
     /// Applies `delta` on top of `doc`: patches the kept JSON tree in place (or one built from
-    /// the cached value) and deserializes the result. Returns the value and the patched tree.
-    /// The size returned is the document's last known JSON size adjusted by the delta
-    /// ([`patch::size_change`]).
+    /// the cached value) and deserializes the result. Returns the value, the patched tree and
+    /// the document's JSON size: exact for a snapshot, otherwise the last known size adjusted by
+    /// the delta ([`patch::size_change`]).
     fn apply_to(&self, doc: &Doc<T>, delta: &Delta) -> Result<(T, Map<String, Value>, u32)> {
         let key = &delta.key;
         let tree = match self.take_tree(key.id(), doc.stamp(), false) {
@@ -1073,9 +1079,13 @@ impl<T: Document> DataManager<T> {
             None => self.to_object(key, doc.value())?,
         };
         let mut json = Value::Object(tree);
-        let json_len = (i64::from(doc.entry.json_len) + patch::size_change(&json, &delta.ops))
-            .clamp(2, i64::from(u32::MAX)) as u32;
+        let estimate = (delta.kind != DeltaKind::Snapshot)
+            .then(|| i64::from(doc.entry.json_len) + patch::size_change(&json, &delta.ops));
         patch::apply(&mut json, &delta.ops)?;
+        // A snapshot is sized exactly, which also resets any drift of the estimates.
+        let json_len = estimate
+            .unwrap_or_else(|| patch::json_size(&json) as i64)
+            .clamp(2, i64::from(u32::MAX)) as u32;
         let Value::Object(tree) = json else {
             return Err(Error::NotAnObject {
                 key: key.clone(),

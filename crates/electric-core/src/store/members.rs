@@ -12,7 +12,8 @@ use serde::forward_to_deserialize_any;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// The top-level members of a stored document: name and JSON text, in no particular order.
+/// The top-level members of a stored document: name and JSON text, in the order the store gave
+/// them (equality compares them in that order).
 ///
 /// The texts are what the store holds; a store does not parse them, so a foreign writer's broken
 /// JSON is found when they are read ([`Members::deserialize`], [`Members::to_map`]), as a
@@ -177,7 +178,9 @@ impl MembersError {
         }
     }
 
-    /// Whether a member's text is not JSON at all (rather than JSON of the wrong shape).
+    /// Whether a member's text could not be parsed (rather than parsed into JSON of the wrong
+    /// shape): it is not JSON, or it is JSON serde_json cannot represent (a number out of
+    /// range, nesting deeper than 128 levels).
     pub fn is_syntax(&self) -> bool {
         self.source.is_syntax() || self.source.is_eof()
     }
@@ -200,10 +203,46 @@ impl<'de> de::Deserializer<'de> for MapDeserializer<'de> {
         visitor.visit_map(self.0)
     }
 
+    // An object is `Some` object, and the inside of a newtype around a map.
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    /// An externally tagged enum (`{"Variant": …}`): rare for documents, so the members are
+    /// parsed into a map and serde_json's own enum handling takes over.
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        let mut map = Map::new();
+        for (i, (member, text)) in self.0.entries {
+            match serde_json::from_slice(text) {
+                Ok(v) => {
+                    map.insert(member.clone(), v);
+                }
+                Err(e) => {
+                    self.0.failed.set(Some(i));
+                    return Err(e);
+                }
+            }
+        }
+        de::Deserializer::deserialize_enum(Value::Object(map), name, variants, visitor)
+    }
+
     forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct newtype_struct seq tuple
-        tuple_struct map struct enum identifier ignored_any
+        bytes byte_buf unit unit_struct seq tuple
+        tuple_struct map struct identifier ignored_any
     }
 }
 
@@ -266,6 +305,7 @@ mod tests {
     use super::*;
     use serde::Deserialize;
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     #[derive(Debug, Deserialize, PartialEq)]
     struct Doc {
@@ -328,6 +368,36 @@ mod tests {
         assert_eq!(e.member.as_deref(), Some("a"));
         let e = members(&[("b", "[]")]).deserialize::<Doc>().unwrap_err();
         assert_eq!(e.member, None, "a missing field is no member's fault: {e}");
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Wrapper(BTreeMap<String, u32>);
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    enum Shape {
+        Circle { r: u32 },
+        Square(u32),
+    }
+
+    #[test]
+    fn newtypes_options_and_enums_deserialize_as_from_a_map() {
+        let m = members(&[("x", "1"), ("y", "2")]);
+        let w: Wrapper = m.deserialize().unwrap();
+        assert_eq!(w.0, BTreeMap::from([("x".into(), 1), ("y".into(), 2)]));
+        let o: Option<BTreeMap<String, u32>> = m.deserialize().unwrap();
+        assert_eq!(o.map(|o| o.len()), Some(2));
+        let c: Shape = members(&[("Circle", r#"{"r":3}"#)]).deserialize().unwrap();
+        assert_eq!(c, Shape::Circle { r: 3 });
+        let s: Shape = members(&[("Square", "4")]).deserialize().unwrap();
+        assert_eq!(s, Shape::Square(4));
+        let e = members(&[("Circle", "{")])
+            .deserialize::<Shape>()
+            .unwrap_err();
+        assert_eq!(e.member.as_deref(), Some("Circle"));
+        assert!(e.is_syntax());
+        assert!(members(&[("Triangle", "1")])
+            .deserialize::<Shape>()
+            .is_err());
     }
 
     #[test]
