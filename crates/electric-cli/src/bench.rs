@@ -211,27 +211,9 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
                 .await?
                 .version();
             let doc = writer.cached(&id).context("cached after update")?;
-            let old = serde_json::to_value(doc.value())?;
             let mut next = doc.value().clone();
             next.mutate(&mut SmallRng::seed_from_u64(7 + i as u64));
-            let new = serde_json::to_value(&next)?;
-            let ops = patch::diff(&old, &new);
-            let mut names: Vec<String> = ops
-                .0
-                .iter()
-                .filter_map(|op| {
-                    AsRef::<str>::as_ref(op.path())
-                        .split('/')
-                        .nth(1)
-                        .map(str::to_string)
-                })
-                .collect();
-            names.sort();
-            names.dedup();
-            let fields = names
-                .iter()
-                .map(|n| Commit::member(n.as_str(), &new[n.as_str()]))
-                .collect::<Result<_, _>>()?;
+            let (ops, fields) = doc.value().patch_to(&next);
             let commit = Commit {
                 key: writer.key(&id)?,
                 expected: doc.stamp(),

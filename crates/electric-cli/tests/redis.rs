@@ -21,6 +21,17 @@ fn electric() -> Command {
     Command::new(env!("CARGO_BIN_EXE_electric"))
 }
 
+/// Runs `electric inspect` on document `shop/carts/<id>` of namespace `ns`.
+fn inspect(ns: &str, id: &str, json: bool) -> std::process::Output {
+    let mut cmd = electric();
+    cmd.args(["inspect", "--redis", &url(), "--namespace", ns])
+        .args(["shop", "carts", id]);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().expect("run electric inspect")
+}
+
 /// A store in a fresh namespace, or `None` when Redis is unreachable (skip or fail).
 fn store() -> Option<(tokio::runtime::Runtime, RedisStore)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -192,21 +203,9 @@ fn inspect_and_watch_show_what_was_written() {
         "{text}"
     );
 
-    let out = electric()
-        .args(["inspect", "--redis", &url(), "--namespace", &ns])
-        .args(["shop", "carts", "cart-1", "--json"])
-        .output()
-        .expect("run electric inspect");
-    let human = electric()
-        .args(["inspect", "--redis", &url(), "--namespace", &ns])
-        .args(["shop", "carts", "cart-1"])
-        .output()
-        .expect("run electric inspect");
-    let missing = electric()
-        .args(["inspect", "--redis", &url(), "--namespace", &ns])
-        .args(["shop", "carts", "nope"])
-        .output()
-        .expect("run electric inspect");
+    let out = inspect(&ns, "cart-1", true);
+    let human = inspect(&ns, "cart-1", false);
+    let missing = inspect(&ns, "nope", false);
     cleanup(&rt, &store);
     assert!(
         out.status.success(),
@@ -264,11 +263,7 @@ fn inspect_shows_a_member_that_is_not_json() {
             .await
             .expect("hset");
     });
-    let out = electric()
-        .args(["inspect", "--redis", &url(), "--namespace", &ns])
-        .args(["shop", "carts", "broken", "--json"])
-        .output()
-        .expect("run electric inspect");
+    let out = inspect(&ns, "broken", true);
     cleanup(&rt, &store);
     assert!(
         out.status.success(),

@@ -111,10 +111,7 @@ fn main() {
     let book = OrderBook::new("raw", 1);
     let mut next = book.clone();
     next.mutate(&mut rng);
-    let ops = electric_core::patch::diff(
-        &serde_json::to_value(&book).unwrap(),
-        &serde_json::to_value(&next).unwrap(),
-    );
+    let (ops, fields) = book.patch_to(&next);
     let mut expected = None;
     let mut raw_lat = Vec::with_capacity(UPDATES);
     let started = Instant::now();
@@ -124,7 +121,7 @@ fn main() {
             let commit = Commit {
                 key: raw.clone(),
                 expected,
-                fields: vec![Commit::member("seq", &next.seq).unwrap()],
+                fields: fields.clone(),
                 kind: DeltaKind::Patch,
                 ops: ops.clone(),
                 origin: "bench".into(),

@@ -89,14 +89,7 @@ fn update(c: &mut Criterion) {
     let book = OrderBook::new("raw", 1);
     let mut next = book.clone();
     next.mutate(&mut rng);
-    let ops = electric_core::patch::diff(
-        &serde_json::to_value(&book).unwrap(),
-        &serde_json::to_value(&next).unwrap(),
-    );
-    let fields = vec![
-        Commit::member("seq", &next.seq).unwrap(),
-        Commit::member("ts", &next.ts).unwrap(),
-    ];
+    let (ops, fields) = book.patch_to(&next);
     let mut expected = None;
     group.bench_function("raw_store_commit", |b| {
         b.iter(|| {

@@ -1,7 +1,7 @@
 //! A ~3.5 KB order-book document: price levels on both sides, a last trade and a sequence
 //! number that counts committed updates (so a lost update shows as a short count).
 
-use electric_core::{manager::Document, Key};
+use electric_core::{manager::Document, patch, Key, Patch};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -98,6 +98,37 @@ impl OrderBook {
             let l = rng.gen_range(0..side.len());
             side[l].qty += 0.25 * rng.gen_range(1..100) as f64;
         }
+    }
+}
+
+/// A store commit's `fields`: top-level members written (as JSON text) or removed.
+pub type Fields = Vec<(String, Option<Box<serde_json::value::RawValue>>)>;
+
+impl OrderBook {
+    /// The patch from `self` to `next` and the top-level members it touches, as a store commit
+    /// carries them (what `DataManager::update` would send), for benchmarks that commit
+    /// pre-built changes straight to a store.
+    pub fn patch_to(&self, next: &OrderBook) -> (Patch, Fields) {
+        let json = |b: &OrderBook| serde_json::to_value(b).expect("an order book serializes");
+        let (old, new) = (json(self), json(next));
+        let ops = patch::diff(&old, &new);
+        let mut names: Vec<String> = ops
+            .0
+            .iter()
+            .filter_map(|op| op.path().first().map(|t| t.decoded().into_owned()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let fields = names
+            .into_iter()
+            .map(|n| {
+                let text = new
+                    .get(&n)
+                    .map(|v| serde_json::value::to_raw_value(v).expect("JSON serializes"));
+                (n, text)
+            })
+            .collect();
+        (ops, fields)
     }
 }
 

@@ -9,7 +9,6 @@ use std::fmt;
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, Visitor};
 use serde::forward_to_deserialize_any;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// The top-level members of a stored document: name and JSON text, in the order the store gave
@@ -139,23 +138,6 @@ impl fmt::Debug for Members {
                     .map(|(n, t)| (n, String::from_utf8_lossy(t))),
             )
             .finish()
-    }
-}
-
-impl From<&Map<String, Value>> for Members {
-    fn from(map: &Map<String, Value>) -> Self {
-        Members::from_map(map)
-    }
-}
-
-impl FromIterator<(String, Box<RawValue>)> for Members {
-    fn from_iter<I: IntoIterator<Item = (String, Box<RawValue>)>>(iter: I) -> Self {
-        Members {
-            entries: iter
-                .into_iter()
-                .map(|(n, t)| (n, String::from(Box::<str>::from(t)).into_bytes()))
-                .collect(),
-        }
     }
 }
 
