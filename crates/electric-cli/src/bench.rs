@@ -5,6 +5,7 @@
 //! | `commit_script_raw` | the commit script called by SHA with pre-built arguments (the limit) |
 //! | `update` | `DataManager::update` (closure, diff, commit) on a warm cache, distinct keys |
 //! | `load_raw` | `HGETALL` of a document hash |
+//! | `load_decode` | `Store::load` plus deserializing the order book: a cold `get` without the manager |
 //! | `load` | a cold `DataManager::get` (load, parse, deserialize, cache) |
 //! | `delivery` | from the start of an update on manager A to the change applied on manager B, at a paced rate |
 //! | `delivery_update` | the writers' `update` latency during `delivery` (commit acknowledged) |
@@ -26,7 +27,8 @@ use electric::store::{Commit, Store};
 use electric::sync::{SyncConfig, SyncService};
 use electric::{Delta, DeltaKind};
 use electric_testkit::orderbook::OrderBook;
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -44,6 +46,10 @@ pub struct BenchArgs {
     /// Seconds per throughput measurement.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Rounds the compared throughput measurements are interleaved in (each runs
+    /// `seconds / rounds` per round).
+    #[arg(long, default_value_t = 6)]
+    rounds: usize,
     /// Updates per second for `delivery`.
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
@@ -60,10 +66,11 @@ pub struct BenchArgs {
 }
 
 /// Every measurement, in the order they run.
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 7] = [
     "commit_script_raw",
     "update",
     "load_raw",
+    "load_decode",
     "load",
     "delivery",
     "delivery_max",
@@ -90,6 +97,8 @@ struct Report {
     document_bytes: usize,
     measurements: std::collections::BTreeMap<&'static str, Measurement>,
     ratios: std::collections::BTreeMap<&'static str, f64>,
+    /// Each ratio's lowest and highest value over the interleaved rounds.
+    ratio_spread: std::collections::BTreeMap<&'static str, Spread>,
 }
 
 fn measurement(ops: usize, elapsed: Duration, mut lat_us: Vec<f64>) -> Measurement {
@@ -114,13 +123,41 @@ fn progress(msg: &str) {
     let _ = err.flush();
 }
 
-/// Runs `op(client, i)` from `clients` tasks for `seconds`; returns throughput and latency.
-async fn closed_loop<F, Fut>(clients: usize, seconds: f64, op: F) -> anyhow::Result<Measurement>
+/// One operation of a throughput measurement: `op(client, i)` for client `client`'s `i`-th call.
+/// Boxed so that measurements of different kinds can be interleaved; every measurement pays
+/// the same boxing.
+type Op = Arc<dyn Fn(usize, u64) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+fn op<F, Fut>(f: F) -> Op
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let op = Arc::new(op);
+    Arc::new(move |client, i| f(client, i).boxed())
+}
+
+/// What one closed-loop slice did.
+#[derive(Default)]
+struct Run {
+    ops: usize,
+    elapsed: Duration,
+    lat_us: Vec<f64>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn absorb(&mut self, other: Run) {
+        self.ops += other.ops;
+        self.elapsed += other.elapsed;
+        self.lat_us.extend(other.lat_us);
+    }
+}
+
+/// Runs `op` from `clients` tasks for `seconds` (each task calls it back to back).
+async fn closed_loop(clients: usize, seconds: f64, op: &Op) -> anyhow::Result<Run> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -138,12 +175,96 @@ where
             anyhow::Ok(lat)
         }));
     }
-    let mut all = Vec::new();
+    let mut run = Run::default();
     for t in tasks {
-        all.extend(t.await??);
+        run.lat_us.extend(t.await??);
     }
-    let elapsed = started.elapsed();
-    Ok(measurement(all.len(), elapsed, all))
+    run.elapsed = started.elapsed();
+    run.ops = run.lat_us.len();
+    Ok(run)
+}
+
+/// How a ratio varied over the rounds of an interleaved run.
+#[derive(Serialize, Clone, Copy)]
+struct Spread {
+    min: f64,
+    max: f64,
+    rounds: usize,
+}
+
+/// Throughput measurements compared with each other, run in interleaved slices.
+///
+/// On a shared, noisy machine the throughput of back-to-back runs drifts by a third from one
+/// few-second window to the next, so a ratio of two runs taken one after the other says more
+/// about the window than about the code. Instead each of `rounds` rounds runs every
+/// measurement for `seconds / rounds`, in order on even rounds and in reverse on odd ones
+/// (A B, B A, …), which cancels a linear drift. A measurement's figures are over all of its
+/// slices; each ratio is the ratio of those totals, and its spread over the rounds is kept.
+struct Interleaved {
+    names: Vec<&'static str>,
+    runs: Vec<Vec<Run>>,
+}
+
+impl Interleaved {
+    async fn run(
+        clients: usize,
+        seconds: f64,
+        rounds: usize,
+        ops: &[(&'static str, Op)],
+    ) -> anyhow::Result<Self> {
+        let slice = seconds / rounds as f64;
+        // Untimed: first calls fault memory in and fill connection buffers.
+        for (_, op) in ops {
+            closed_loop(clients, slice.min(0.25), op).await?;
+        }
+        let mut runs: Vec<Vec<Run>> = ops.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            let order: Vec<usize> = if round % 2 == 0 {
+                (0..ops.len()).collect()
+            } else {
+                (0..ops.len()).rev().collect()
+            };
+            for i in order {
+                runs[i].push(closed_loop(clients, slice, &ops[i].1).await?);
+            }
+        }
+        Ok(Interleaved {
+            names: ops.iter().map(|(n, _)| *n).collect(),
+            runs,
+        })
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| *n == name)
+    }
+
+    /// `of`'s throughput over `to`'s, and its spread over the rounds.
+    fn ratio(&self, of: &str, to: &str) -> Option<(f64, Spread)> {
+        let (a, b) = (&self.runs[self.index(of)?], &self.runs[self.index(to)?]);
+        let total = |runs: &[Run]| {
+            let (ops, secs) = runs.iter().fold((0, 0.0), |(o, s), r| {
+                (o + r.ops, s + r.elapsed.as_secs_f64())
+            });
+            ops as f64 / secs
+        };
+        let per_round: Vec<f64> = a.iter().zip(b).map(|(x, y)| x.rate() / y.rate()).collect();
+        let spread = Spread {
+            min: per_round.iter().copied().fold(f64::INFINITY, f64::min),
+            max: per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            rounds: per_round.len(),
+        };
+        Some((total(a) / total(b), spread))
+    }
+
+    fn into_measurements(self) -> impl Iterator<Item = (&'static str, Measurement)> {
+        self.names.into_iter().zip(self.runs).map(|(name, runs)| {
+            let mut all = Run::default();
+            for r in runs {
+                all.absorb(r);
+            }
+            (name, measurement(all.ops, all.elapsed, all.lat_us))
+        })
+    }
 }
 
 fn book_id(prefix: &str, i: usize) -> String {
@@ -153,6 +274,7 @@ fn book_id(prefix: &str, i: usize) -> String {
 /// Runs the benchmark; exit 0 when every measurement ran.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    ensure!(args.rounds >= 1, "--rounds must be at least 1");
     ensure!(
         args.seconds.is_finite() && args.seconds > 0.0,
         "--seconds must be positive"
@@ -200,9 +322,18 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
             .map(|i| Ok(store.layout().doc_key(&writer.key(&book_id("upd-", i))?)))
             .collect::<anyhow::Result<_>>()?,
     );
-    // commit_script_raw: one document per client, arguments built once per client.
+    let mut ratios = std::collections::BTreeMap::new();
+    let mut ratio_spread = std::collections::BTreeMap::new();
+    let group = |ops: Vec<(&'static str, Op)>| {
+        ops.into_iter()
+            .filter(|(name, _)| args.wants(name))
+            .collect::<Vec<_>>()
+    };
+
+    // commit_script_raw against update.
+    let mut ops = Vec::new();
     if args.wants("commit_script_raw") {
-        progress("commit_script_raw");
+        // One document per client, arguments built once per client.
         let mut raw = Vec::new();
         for i in 0..c {
             let id = book_id("raw-", i);
@@ -228,30 +359,31 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
         }
         let raw = Arc::new(raw);
         let s = store.clone();
-        let m = closed_loop(c, args.seconds, move |client, _| {
-            let (s, raw) = (s.clone(), raw.clone());
-            async move {
-                let (keys, mut argv, v) = {
-                    let g = raw[client].lock().unwrap_or_else(|p| p.into_inner());
-                    g.clone()
-                };
-                argv[1] = v.to_string();
-                let reply = s.commit_raw(&keys, &argv).await?;
-                let ok = matches!(&reply, electric::redis::redis::Value::Array(a)
-                if matches!(a.first(), Some(electric::redis::redis::Value::Int(1))));
-                ensure!(ok, "raw commit conflicted: {reply:?}");
-                raw[client].lock().unwrap_or_else(|p| p.into_inner()).2 = v + 1;
-                Ok(())
-            }
-        })
-        .await?;
-        measurements.insert("commit_script_raw", m);
+        ops.push((
+            "commit_script_raw",
+            op(move |client, _| {
+                let (s, raw) = (s.clone(), raw.clone());
+                async move {
+                    let (keys, mut argv, v) = {
+                        let g = raw[client].lock().unwrap_or_else(|p| p.into_inner());
+                        g.clone()
+                    };
+                    argv[1] = v.to_string();
+                    let reply = s.commit_raw(&keys, &argv).await?;
+                    let ok = matches!(&reply, electric::redis::redis::Value::Array(a)
+                    if matches!(a.first(), Some(electric::redis::redis::Value::Int(1))));
+                    ensure!(ok, "raw commit conflicted: {reply:?}");
+                    raw[client].lock().unwrap_or_else(|p| p.into_inner()).2 = v + 1;
+                    Ok(())
+                }
+            }),
+        ));
     }
     // update: DataManager::update on warm, distinct keys.
-    if args.wants("update") {
-        progress("update");
-        let w = writer.clone();
-        let m = closed_loop(c, args.seconds, move |client, i| {
+    let w = writer.clone();
+    ops.push((
+        "update",
+        op(move |client, i| {
             let w = w.clone();
             async move {
                 let mut rng = SmallRng::seed_from_u64(i ^ client as u64);
@@ -260,16 +392,14 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
                     .await?;
                 Ok(())
             }
-        })
-        .await?;
-        measurements.insert("update", m);
-    }
-    // load_raw and load: HGETALL vs a cold get of the same documents.
-    if args.wants("load_raw") {
-        progress("load_raw");
-        let s = store.clone();
-        let keys = keys.clone();
-        let m = closed_loop(c, args.seconds, move |client, _| {
+        }),
+    ));
+    // load_raw, load_decode and load: HGETALL, the store's load plus decoding, and a cold get of
+    // the same documents.
+    let s = store.clone();
+    let mut load_ops = vec![(
+        "load_raw",
+        op(move |client, _| {
             let (s, keys) = (s.clone(), keys.clone());
             async move {
                 let v: Vec<(Vec<u8>, Vec<u8>)> =
@@ -277,20 +407,38 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
                 ensure!(!v.is_empty(), "document missing");
                 Ok(())
             }
-        })
-        .await?;
-        measurements.insert("load_raw", m);
-    }
-    if args.wants("load") {
-        progress("load");
-        let reader = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "books")
-            .origin("bench-reader")
-            .build()?;
-        let r = reader.clone();
-        // Ids built up front, as `load_raw`'s keys are.
-        let ids: Arc<Vec<String>> = Arc::new((0..c).map(|i| book_id("upd-", i)).collect());
-        let m = closed_loop(c, args.seconds, move |client, _| {
-            let (r, ids) = (r.clone(), ids.clone());
+        }),
+    )];
+    let s = dyn_store.clone();
+    let doc_keys: Arc<Vec<_>> = Arc::new(
+        (0..c)
+            .map(|i| writer.key(&book_id("upd-", i)))
+            .collect::<Result<_, _>>()?,
+    );
+    load_ops.push((
+        "load_decode",
+        op(move |client, _| {
+            let (s, doc_keys) = (s.clone(), doc_keys.clone());
+            async move {
+                let snap = s
+                    .load(&doc_keys[client])
+                    .await?
+                    .context("document missing")?;
+                let book: OrderBook = snap.doc.deserialize()?;
+                ensure!(book.seq > 0, "document never updated");
+                Ok(())
+            }
+        }),
+    ));
+    let reader = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "books")
+        .origin("bench-reader")
+        .build()?;
+    // Ids built up front, as `load_raw`'s keys are.
+    let ids: Arc<Vec<String>> = Arc::new((0..c).map(|i| book_id("upd-", i)).collect());
+    load_ops.push((
+        "load",
+        op(move |client, _| {
+            let (r, ids) = (reader.clone(), ids.clone());
             async move {
                 let id = &ids[client];
                 r.remove_from_cache(id);
@@ -298,9 +446,39 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
                 ensure!(d.is_some_and(|d| d.version() > 0), "document missing");
                 Ok(())
             }
-        })
-        .await?;
-        measurements.insert("load", m);
+        }),
+    ));
+
+    for (ops, pairs) in [
+        (
+            group(ops),
+            &[("update_vs_raw", "update", "commit_script_raw")][..],
+        ),
+        (
+            group(load_ops),
+            &[
+                ("load_vs_raw", "load", "load_raw"),
+                ("load_vs_decode", "load", "load_decode"),
+            ][..],
+        ),
+    ] {
+        if ops.is_empty() {
+            continue;
+        }
+        let names: Vec<_> = ops.iter().map(|(n, _)| *n).collect();
+        progress(&format!(
+            "{} ({} interleaved rounds)",
+            names.join(", "),
+            args.rounds
+        ));
+        let runs = Interleaved::run(c, args.seconds, args.rounds, &ops).await?;
+        for (ratio, of, to) in pairs {
+            if let Some((r, spread)) = runs.ratio(of, to) {
+                ratios.insert(*ratio, r);
+                ratio_spread.insert(*ratio, spread);
+            }
+        }
+        measurements.extend(runs.into_measurements());
     }
     if args.wants("delivery") {
         let (delivered, updated) = delivery(args, &dyn_store).await?;
@@ -311,15 +489,6 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
         measurements.insert("delivery_max", delivery_max(args, store, &dyn_store).await?);
     }
 
-    let mut ratios = std::collections::BTreeMap::new();
-    for (ratio, of, to) in [
-        ("update_vs_raw", "update", "commit_script_raw"),
-        ("load_vs_raw", "load", "load_raw"),
-    ] {
-        if let (Some(a), Some(b)) = (measurements.get(of), measurements.get(to)) {
-            ratios.insert(ratio, a.ops_per_sec / b.ops_per_sec);
-        }
-    }
     Ok(Report {
         url: args.redis.clone(),
         cluster: store.is_cluster(),
@@ -327,6 +496,7 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
         document_bytes,
         measurements,
         ratios,
+        ratio_spread,
     })
 }
 
@@ -359,11 +529,12 @@ async fn delivery(
         })
         .build()?
         .spawn(token.clone());
-    tokio::time::sleep(Duration::from_millis(200)).await; // let the subscription start
-                                                          // Warm-up, not timed: every document changes once more and B applies it, so both managers
-                                                          // hold the documents' JSON trees and their memory is mapped before the clock starts.
-                                                          // B has caught up when it holds every document at A's version, however it got there
-                                                          // (applied, or repaired after a lost message).
+    // Let the subscription start.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Warm-up, not timed: every document changes once more and B applies it, so both managers
+    // hold the documents' JSON trees and their memory is mapped before the clock starts.
+    // B has caught up when it holds every document at A's version, however it got there
+    // (applied, or repaired after a lost message).
     let mut rng = SmallRng::seed_from_u64(u64::MAX);
     let mut want = Vec::with_capacity(docs);
     for i in 0..docs {
@@ -649,7 +820,14 @@ fn print_table(r: &Report) -> std::io::Result<()> {
         )?;
     }
     for (name, v) in &r.ratios {
-        writeln!(out, "  {name:<18} {v:>12.2}")?;
+        match r.ratio_spread.get(name) {
+            Some(s) => writeln!(
+                out,
+                "  {name:<18} {v:>12.2}   rounds: {:.2}–{:.2} over {}",
+                s.min, s.max, s.rounds
+            )?,
+            None => writeln!(out, "  {name:<18} {v:>12.2}")?,
+        }
     }
     Ok(())
 }

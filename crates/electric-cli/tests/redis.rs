@@ -303,8 +303,10 @@ fn bench_json_has_the_documented_shape() {
         "commit_script_raw",
         "update",
         "load_raw",
+        "load_decode",
         "load",
         "delivery",
+        "delivery_update",
         "delivery_max",
     ] {
         let m = &v["measurements"][name];
@@ -313,7 +315,18 @@ fn bench_json_has_the_documented_shape() {
         }
         assert!(m["ops_per_sec"].as_f64().expect("number") > 0.0, "{name}");
     }
-    for ratio in ["update_vs_raw", "load_vs_raw"] {
-        assert!(v["ratios"][ratio].is_number(), "{ratio}");
+    for ratio in ["update_vs_raw", "load_vs_raw", "load_vs_decode"] {
+        assert!(
+            v["ratios"][ratio].as_f64().is_some_and(|r| r > 0.0),
+            "{ratio}"
+        );
+        // Interleaved in the default six rounds, each round giving a ratio of its own.
+        let spread = &v["ratio_spread"][ratio];
+        assert_eq!(spread["rounds"], 6, "{ratio} in {v}");
+        let (min, max) = (spread["min"].as_f64(), spread["max"].as_f64());
+        assert!(
+            matches!((min, max), (Some(a), Some(b)) if 0.0 < a && a <= b),
+            "{ratio} spread in {v}"
+        );
     }
 }
