@@ -588,6 +588,38 @@ async fn malformed_log_entries_are_reported_and_repaired() {
     .await;
 }
 
+/// A change log that is not a stream (a foreign writer) refuses the commit before anything is
+/// written: the error is `Malformed` and the document keeps its version and members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_log_key_refuses_the_commit_and_changes_nothing() {
+    let Some(store) = common::single(8).await else {
+        return;
+    };
+    common::with_cleanup(store, |store| async move {
+        let l = store.layout().clone();
+        let k = Key::new(electric_testkit::unique("log"), "docs", "doc").unwrap();
+        let d1 = match store.commit(set(&k, None, "a", json!(1))).await.unwrap() {
+            electric_core::CommitOutcome::Committed(d) => d,
+            other => panic!("{other:?}"),
+        };
+        store
+            .query::<()>(redis::cmd("SET").arg(l.log_key(&k)).arg("not a stream"))
+            .await
+            .unwrap();
+        let err = store
+            .commit(set(&k, Some(d1.stamp()), "a", json!(2)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Malformed { .. }), "{err}");
+        assert!(err.to_string().contains("change log"), "{err}");
+        let snap = store.load(&k).await.unwrap().expect("still there");
+        assert_eq!(snap.stamp, d1.stamp());
+        assert_eq!(snap.doc.get("a"), Some(&b"1"[..]));
+        store.purge_namespace().await.unwrap();
+    })
+    .await;
+}
+
 /// Garbage, a foreign encoding and another section's delta on our channel are reported as
 /// errors on the subscription, counted, and the stream goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
