@@ -539,7 +539,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failed_load_wakes_waiters_and_is_not_cached() {
         let c = cache(60);
-        let gate = Arc::new(tokio::sync::Notify::new());
+        // A gate that stays open once opened: a caller arriving after the failed load runs a
+        // loader of its own, which must not wait for a second opening (a `Notify` permit is
+        // used up by the first loader, and that test hung).
+        let gate = Arc::new(tokio::sync::watch::Sender::new(false));
         let started = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..8 {
@@ -547,7 +550,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 c.get_or_load(1, || async move {
                     started.fetch_add(1, Ordering::SeqCst);
-                    gate.notified().await;
+                    let _ = gate.subscribe().wait_for(|open| *open).await;
                     Err::<Arc<String>, _>("backend down".to_owned())
                 })
                 .await
@@ -559,7 +562,7 @@ mod tests {
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
-        gate.notify_one();
+        gate.send_replace(true);
         let mut errors = 0;
         for t in tasks {
             if let Err(e) = t.await.expect("join") {

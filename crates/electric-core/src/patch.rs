@@ -12,15 +12,17 @@
 //!   No pointer string is built for unchanged subtrees: the walk keeps a chain of borrowed path
 //!   segments on the stack and renders (and escapes, `~` → `~0`, `/` → `~1`) a path only when it
 //!   emits an operation.
-//! - [`apply`] applies a patch with [`json_patch`], atomically: on error the document is left
-//!   exactly as it was.
+//! - [`apply`] applies a patch atomically: on error the document is left exactly as it was. A
+//!   patch of `replace` operations only (what [`diff`] emits for changed leaves) is applied
+//!   here, resolving pointers without allocating; anything else, and any failure, goes to
+//!   [`json_patch`].
 //! - [`patch_size`] and [`json_size`] give serialized sizes without building the JSON text; the
 //!   manager uses them to choose between sending a patch and sending a snapshot.
 
 use std::io;
 use std::sync::OnceLock;
 
-use json_patch::jsonptr::{PointerBuf, Token};
+use json_patch::jsonptr::{Pointer, PointerBuf, Token};
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -65,8 +67,69 @@ pub fn apply(doc: &mut Value, ops: &Patch) -> Result<()> {
         *doc = scratch;
         return Ok(());
     }
+    if ops
+        .iter()
+        .all(|op| matches!(op, PatchOperation::Replace(_)))
+        && replace_all(doc, ops)
+    {
+        return Ok(());
+    }
     // Rolls `doc` back on error.
     json_patch::patch(doc, ops).map_err(failed)
+}
+
+/// Applies a patch of `replace` operations only (the common case: a diff of changed leaves)
+/// without `json_patch`'s string allocation per pointer token. Returns `false`, with `doc` rolled
+/// back, when a path does not resolve; `json_patch` then fails the same way and reports it.
+fn replace_all(doc: &mut Value, ops: &Patch) -> bool {
+    let mut undo = Vec::with_capacity(ops.len());
+    for op in ops.iter() {
+        let PatchOperation::Replace(r) = op else {
+            break;
+        };
+        match resolve_mut(doc, &r.path) {
+            Some(slot) => undo.push(std::mem::replace(slot, r.value.clone())),
+            None => break,
+        }
+    }
+    if undo.len() == ops.len() {
+        return true;
+    }
+    // Undone newest first, each path resolves as it did right after its operation.
+    for (op, old) in ops.iter().zip(undo).rev() {
+        if let Some(slot) = resolve_mut(doc, op.path()) {
+            *slot = old;
+        }
+    }
+    false
+}
+
+/// `path` in `doc`, resolved as [`Value::pointer`] does but without allocating a string per
+/// token (a token is decoded only when it holds an escape).
+fn resolve<'a>(doc: &'a Value, path: &Pointer) -> Option<&'a Value> {
+    path.tokens().try_fold(doc, |v, t| match v {
+        Value::Object(m) => m.get(t.decoded().as_ref()),
+        Value::Array(a) => array_index(t.encoded()).and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+/// [`resolve`] for a mutable document.
+fn resolve_mut<'a>(doc: &'a mut Value, path: &Pointer) -> Option<&'a mut Value> {
+    path.tokens().try_fold(doc, |v, t| match v {
+        Value::Object(m) => m.get_mut(t.decoded().as_ref()),
+        Value::Array(a) => array_index(t.encoded()).and_then(|i| a.get_mut(i)),
+        _ => None,
+    })
+}
+
+/// An array index token as RFC 6901 (and `serde_json`) read it: decimal digits, no sign, no
+/// leading zero.
+fn array_index(s: &str) -> Option<usize> {
+    if s.starts_with('+') || (s.starts_with('0') && s.len() != 1) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// The length in bytes of `ops` serialized as compact JSON (as in a delta's `ops` field).
@@ -88,12 +151,11 @@ pub(crate) fn str_json_len(s: &str) -> usize {
 /// Cheap for patches of small values (it sizes only what the operations touch); an estimate for
 /// weighing, not for limits (escapes and sequences of operations on one path are approximate).
 pub(crate) fn size_change(doc: &Value, ops: &Patch) -> i64 {
-    use json_patch::jsonptr::Pointer;
     let size = |v: &Value| serialized_len(v) as i64;
-    let at = |path: &Pointer| doc.pointer(path.as_str());
+    let at = |path: &Pointer| resolve(doc, path);
     let in_array = |path: &Pointer| {
         path.parent()
-            .and_then(|p| doc.pointer(p.as_str()))
+            .and_then(|p| resolve(doc, p))
             .is_some_and(Value::is_array)
     };
     let slot = |path: &Pointer| {
@@ -728,6 +790,35 @@ mod tests {
         apply(&mut doc, &Patch(ops)).expect("applies");
         assert_eq!(doc, new);
         assert!(maps_are_sorted(), "serde_json built without preserve_order");
+    }
+
+    #[test]
+    fn pointers_resolve_like_serde_json_without_allocating() {
+        let mut doc = json!({"a/b": {"~": [1, 2]}, "": {"0": 3}});
+        for (path, want) in [
+            ("", Some(doc.clone())),
+            ("/a~1b/~0/1", Some(json!(2))),
+            ("//0", Some(json!(3))),
+            ("/a~1b/~0/01", None),
+            ("/a~1b/~0/+1", None),
+            ("/a~1b/~0/-", None),
+            ("/a~1b/~0/2", None),
+            ("/a/b", None),
+            ("/a~1b/~0/1/x", None),
+        ] {
+            let ptr = Pointer::parse(path).expect("valid pointer");
+            assert_eq!(resolve(&doc, ptr).cloned(), want, "{path}");
+            assert_eq!(doc.pointer(path).cloned(), want, "serde_json on {path}");
+            let mut copy = doc.clone();
+            assert_eq!(
+                resolve_mut(&mut copy, ptr).map(|v| v.clone()),
+                want,
+                "{path}"
+            );
+        }
+        *resolve_mut(&mut doc, Pointer::parse("/a~1b/~0/0").expect("valid")).expect("resolves") =
+            json!("x");
+        assert_eq!(doc["a/b"]["~"][0], "x");
     }
 
     #[test]

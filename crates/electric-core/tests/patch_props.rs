@@ -244,4 +244,34 @@ proptest! {
             }
         }
     }
+
+    /// Patches of `replace` operations only, which `apply` runs without `json_patch`: the same
+    /// result as a plain application, or an untouched document when any path does not resolve
+    /// (paths include escaped keys, digit-only keys, `-` and a missing member).
+    #[test]
+    fn replace_only_patches_apply_like_json_patch(
+        a in object(),
+        picks in vec((any::<prop::sample::Index>(), value()), 1..6),
+    ) {
+        let mut paths = Vec::new();
+        pointers(&a, "", &mut paths);
+        paths.push("/missing".to_owned());
+        paths.push("/0/x".to_owned());
+        let raw: Vec<Value> = picks
+            .iter()
+            .map(|(path, value)| json!({"op": "replace", "path": path.get(&paths), "value": value}))
+            .collect();
+        let patch: Patch = serde_json::from_value(Value::Array(raw))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+
+        let mut plain = a.clone();
+        let plain_result = json_patch::patch(&mut plain, &patch);
+        let mut doc = a.clone();
+        let result = apply(&mut doc, &patch);
+        prop_assert_eq!(result.is_ok(), plain_result.is_ok(), "{} vs {:?}", patch, plain_result);
+        prop_assert_eq!(&doc, &plain);
+        if result.is_err() {
+            prop_assert_eq!(&doc, &a);
+        }
+    }
 }
