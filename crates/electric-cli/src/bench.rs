@@ -11,6 +11,7 @@
 //! | `delivery_update` | the writers' `update` latency during `delivery` (commit acknowledged) |
 //! | `delivery_max` | pre-built deltas published as fast as possible; rate at which one replica applies them |
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -355,6 +356,7 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
                 ttl: None,
             };
             let (keys, argv) = store.commit_args(&commit);
+            let argv: Vec<String> = argv.into_iter().map(Cow::into_owned).collect();
             raw.push(Mutex::new((keys, argv, v)));
         }
         let raw = Arc::new(raw);

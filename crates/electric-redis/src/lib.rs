@@ -51,6 +51,7 @@
 pub mod layout;
 mod scripts;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -453,20 +454,21 @@ impl RedisStore {
     /// # Errors
     ///
     /// As [`Store::commit`].
-    pub async fn commit_raw(&self, keys: &[String], args: &[String]) -> Result<RValue> {
+    pub async fn commit_raw(&self, keys: &[String], args: &[impl AsRef<str>]) -> Result<RValue> {
         let mut inv = self.inner.commit.prepare_invoke();
         for k in keys {
             inv.key(k);
         }
         for a in args {
-            inv.arg(a);
+            inv.arg(a.as_ref());
         }
         let mut conn = self.inner.conn.clone();
         inv.invoke_async(&mut conn).await.map_err(map_err)
     }
 
     /// The commit script's `(KEYS, ARGV)` for `commit` (see `scripts.rs` for their meaning).
-    pub fn commit_args(&self, commit: &Commit) -> (Vec<String>, Vec<String>) {
+    /// Member texts are borrowed from `commit`, not copied.
+    pub fn commit_args<'c>(&self, commit: &'c Commit) -> (Vec<String>, Vec<Cow<'c, str>>) {
         let l = &self.inner.layout;
         let (ee, ev) = match commit.expected {
             Some(s) => (s.epoch.to_string(), s.version.to_string()),
@@ -479,29 +481,32 @@ impl RedisStore {
             DeltaKind::Delete => "delete",
         };
         let sets = commit.fields.iter().filter(|(_, v)| v.is_some()).count();
-        let mut args = Vec::with_capacity(11 + commit.fields.len() * 2);
-        args.extend([
-            ee,
-            ev,
-            Epoch::random().to_string(),
-            self.inner.log_capacity.to_string(),
-            ttl.to_string(),
-            l.channel(&commit.key.section_id()),
-            json(&commit.key),
-            json(&commit.origin),
-            kind.to_string(),
-            json(&commit.ops),
-            sets.to_string(),
-        ]);
+        let mut args: Vec<Cow<'c, str>> = Vec::with_capacity(11 + commit.fields.len() * 2);
+        args.extend(
+            [
+                ee,
+                ev,
+                Epoch::random().to_string(),
+                self.inner.log_capacity.to_string(),
+                ttl.to_string(),
+                l.channel(&commit.key.section_id()),
+                json(&commit.key),
+                json(&commit.origin),
+            ]
+            .map(Cow::Owned),
+        );
+        args.push(Cow::Borrowed(kind));
+        args.push(Cow::Owned(json(&commit.ops)));
+        args.push(Cow::Owned(sets.to_string()));
         for (name, value) in &commit.fields {
             if let Some(v) = value {
-                args.push(format!("{}{name}", layout::MEMBER_PREFIX));
-                args.push(v.get().to_owned());
+                args.push(Cow::Owned(format!("{}{name}", layout::MEMBER_PREFIX)));
+                args.push(Cow::Borrowed(v.get()));
             }
         }
         for (name, value) in &commit.fields {
             if value.is_none() {
-                args.push(format!("{}{name}", layout::MEMBER_PREFIX));
+                args.push(Cow::Owned(format!("{}{name}", layout::MEMBER_PREFIX)));
             }
         }
         (vec![l.doc_key(&commit.key), l.log_key(&commit.key)], args)
