@@ -19,6 +19,8 @@
 //! - [`patch_size`] and [`json_size`] give serialized sizes without building the JSON text; the
 //!   manager uses them to choose between sending a patch and sending a snapshot.
 
+mod diff_ser;
+
 use std::io;
 use std::sync::OnceLock;
 
@@ -26,6 +28,8 @@ use json_patch::jsonptr::{Pointer, PointerBuf, Token};
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+pub(crate) use diff_ser::diff_into;
 
 use crate::delta::Patch;
 use crate::error::{Error, Result};

@@ -231,3 +231,54 @@ async fn evicted_and_flushed_documents_drop_their_trees() {
     assert_eq!(m.flush_idle(std::time::Duration::ZERO), stats.cached);
     assert_eq!(m.stats().json_trees, 0, "{:?}", m.stats());
 }
+
+/// A document the tree-diffing serializer leaves to serde_json (a map with integer keys) still
+/// updates correctly: every delta turns the previous document into the next, and the store
+/// holds what the cache holds.
+#[tokio::test]
+async fn documents_with_integer_map_keys_take_the_slow_path_correctly() {
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct Tally {
+        n: u64,
+        by_id: BTreeMap<u32, u32>,
+    }
+    impl Document for Tally {
+        fn empty(_: &Key) -> Option<Self> {
+            Some(Tally::default())
+        }
+    }
+    let store = Arc::new(MemoryStore::new());
+    let m: DataManager<Tally> = DataManager::builder(store.clone() as Arc<dyn Store>, "p", "t")
+        .json_cache_bytes(1 << 20)
+        .build()
+        .unwrap();
+    let mut rng = SmallRng::seed_from_u64(9);
+    let mut prev = serde_json::to_value(Tally::default()).unwrap();
+    for i in 0..200 {
+        let (id, by) = (rng.gen_range(0..8u32), rng.gen_range(0..3u32));
+        let outcome = m
+            .update("t", |t| {
+                t.n += 1;
+                *t.by_id.entry(id).or_default() += by;
+                if by == 2 {
+                    t.by_id.remove(&((id + 1) % 8));
+                }
+            })
+            .await
+            .unwrap();
+        let UpdateOutcome::Changed { delta, .. } = outcome else {
+            panic!("update {i} changed nothing");
+        };
+        let now = serde_json::to_value(&*m.cached("t").unwrap()).unwrap();
+        if delta.kind == DeltaKind::Patch {
+            electric_core::patch::apply(&mut prev, &delta.ops).unwrap();
+            assert_eq!(prev, now, "update {i}");
+        }
+        prev = now;
+    }
+    let snap = store.load(&m.key("t").unwrap()).await.unwrap().unwrap();
+    assert_eq!(
+        snap.doc.deserialize::<Tally>().unwrap(),
+        *m.cached("t").unwrap()
+    );
+}

@@ -645,7 +645,7 @@ impl<T: Document> DataManager<T> {
                 _ => self.load_locked(&key).await?,
             };
             let expected = current.as_ref().and_then(Doc::stamp);
-            let (old_json, mut value) = match &current {
+            let (mut tree, mut value) = match &current {
                 Some(d) => {
                     let kept = self.take_tree(id, expected, true);
                     let old = match kept {
@@ -660,24 +660,37 @@ impl<T: Document> DataManager<T> {
                 ),
             };
             f(&mut value);
-            let new_json = self.to_object(&key, &value)?;
-            let (old_json, new_json) = (Value::Object(old_json), Value::Object(new_json));
-            let ops = patch::diff(&old_json, &new_json);
-            let (Value::Object(old_json), Value::Object(new_json)) = (old_json, new_json) else {
-                unreachable!("built from maps");
+            // The new value is serialized against the old tree, which becomes the new tree.
+            let mut ops = Vec::new();
+            let new_json = match patch::diff_into(&mut tree, &value, &mut ops) {
+                Ok(()) => tree,
+                Err(_) => {
+                    // Something `diff_into` leaves to serde_json (or an error it reports):
+                    // rebuild both trees and diff them.
+                    let old = match &current {
+                        Some(d) => self.to_object(&key, d.value())?,
+                        None => Map::new(),
+                    };
+                    let new = self.to_object(&key, &value)?;
+                    let (old, new) = (Value::Object(old), Value::Object(new));
+                    ops = patch::diff(&old, &new).0;
+                    let Value::Object(new) = new else {
+                        unreachable!("built from a map");
+                    };
+                    new
+                }
             };
+            let ops = Patch(ops);
             if ops.0.is_empty() {
                 Counters::bump(&inner.counters.unchanged);
                 if let (Some(stamp), Some(d)) = (expected, &current) {
-                    self.keep_tree(id, stamp, old_json, true, d.entry.json_len);
+                    self.keep_tree(id, stamp, new_json, true, d.entry.json_len);
                 }
                 return Ok(UpdateOutcome::Unchanged {
                     version: expected.map_or(0, |s| s.version),
                 });
             }
-            let (commit, json_len) =
-                self.build_commit(&key, expected, &old_json, &new_json, ops)?;
-            drop(old_json);
+            let (commit, json_len) = self.build_commit(&key, expected, &new_json, ops)?;
             let json_len = u32::try_from(json_len).unwrap_or(u32::MAX);
             match inner.store.commit(commit).await? {
                 CommitOutcome::Committed(delta) => {
@@ -727,7 +740,6 @@ impl<T: Document> DataManager<T> {
         &self,
         key: &Key,
         expected: Option<Stamp>,
-        old: &Map<String, Value>,
         new: &Map<String, Value>,
         ops: Patch,
     ) -> Result<(Commit, usize)> {
@@ -740,6 +752,12 @@ impl<T: Document> DataManager<T> {
             .collect();
         names.sort_unstable();
         names.dedup();
+        // Members the patch removes (a removed member always has an operation of its own).
+        let removed: Vec<String> = names
+            .iter()
+            .filter(|n| !new.contains_key(*n))
+            .cloned()
+            .collect();
         // `{`, `}` and the commas between members, then each `"name":value`.
         let mut size = 2 + new.len().saturating_sub(1);
         let mut fields = Vec::with_capacity(names.len());
@@ -771,23 +789,13 @@ impl<T: Document> DataManager<T> {
                     None => fields.push((name.clone(), Some(text(value)?))),
                 }
             }
-            fields.extend(
-                old.keys()
-                    .filter(|k| !new.contains_key(*k))
-                    .map(|k| (k.clone(), None)),
-            );
+            fields.extend(removed.into_iter().map(|n| (n, None)));
             (
                 DeltaKind::Snapshot,
                 Delta::snapshot_ops(Value::Object(new.clone())),
             )
         } else {
-            // Members the patch removes.
-            fields.extend(
-                names
-                    .into_iter()
-                    .filter(|n| !new.contains_key(n))
-                    .map(|n| (n, None)),
-            );
+            fields.extend(removed.into_iter().map(|n| (n, None)));
             (DeltaKind::Patch, ops)
         };
         let commit = Commit {
