@@ -282,3 +282,30 @@ async fn documents_with_integer_map_keys_take_the_slow_path_correctly() {
         *m.cached("t").unwrap()
     );
 }
+
+/// A document whose type is an enum at the top level changes variant: the old variant's member
+/// must go from the store (a root replaced whole names no member, so the tree-diffing
+/// serializer leaves this case to `diff`).
+#[tokio::test]
+async fn a_top_level_enum_changing_variant_leaves_nothing_behind() {
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    enum Doc {
+        A { x: u32 },
+        B { y: u32 },
+    }
+    impl Document for Doc {
+        fn empty(_: &Key) -> Option<Self> {
+            Some(Doc::A { x: 0 })
+        }
+    }
+    let store = Arc::new(MemoryStore::new());
+    let m: DataManager<Doc> = DataManager::builder(store.clone() as Arc<dyn Store>, "p", "e")
+        .json_cache_bytes(1 << 20)
+        .build()
+        .unwrap();
+    let _ = m.update("d", |d| *d = Doc::A { x: 1 }).await.unwrap();
+    let _ = m.update("d", |d| *d = Doc::B { y: 2 }).await.unwrap();
+    let snap = store.load(&m.key("d").unwrap()).await.unwrap().unwrap();
+    assert_eq!(snap.doc.deserialize::<Doc>().unwrap(), Doc::B { y: 2 });
+    assert_eq!(*m.cached("d").unwrap(), Doc::B { y: 2 });
+}

@@ -51,18 +51,16 @@ local delta = '{"v":1,"key":' .. ARGV[7] .. ',"epoch":"' .. epoch .. '","base":'
   string.format('%d', base) .. ',"version":' .. vs .. ',"time":' .. ms .. ',"origin":' ..
   ARGV[8] .. ',"kind":"' .. ARGV[9] .. '","ops":' .. ARGV[10] .. '}'
 -- The log is written first: if it refuses the entry, nothing has changed yet, so a commit is
--- all or nothing. The log is only read when it refuses, which keeps the common path free of
--- a read whose reply would pass through Lua.
+-- all or nothing, and the common path reads nothing large through Lua.
 local repaired = 0
 local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[4], vs .. '-0', 'd', delta)
 if type(added) == 'table' and added.err then
-  local last = redis.pcall('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  local top = type(last) == 'table' and not last.err and #last > 0 and
-    tonumber(string.match(last[1][1], '^(%d+)'))
-  if not (top and top > base) then
-    return redis.error_reply('ELECTRIC_MALFORMED change log refused the entry: ' .. added.err)
+  -- Only a log that has already gone past this version (written by someone else, even if its
+  -- newest entries were deleted since) is repaired: dropped and started again. Any other
+  -- refusal (OOM, READONLY, a key of another type…) is returned as it is.
+  if not string.find(added.err, 'equal or smaller than the target stream top item', 1, true) then
+    return redis.error_reply(added.err)
   end
-  -- A log reaching past the document, written by someone else: drop it and start again.
   redis.call('DEL', KEYS[2])
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], vs .. '-0', 'd', delta)
   repaired = 1

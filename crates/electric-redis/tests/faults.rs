@@ -588,6 +588,46 @@ async fn malformed_log_entries_are_reported_and_repaired() {
     .await;
 }
 
+/// A log whose newest entries reached past the document and were then deleted (`XDEL`) still
+/// refuses older ids; the commit repairs it instead of failing for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_went_past_the_document_is_repaired_even_after_xdel() {
+    let Some(store) = common::single(8).await else {
+        return;
+    };
+    common::with_cleanup(store, |store| async move {
+        let l = store.layout().clone();
+        let k = Key::new(electric_testkit::unique("log"), "docs", "doc").unwrap();
+        let d1 = match store.commit(set(&k, None, "a", json!(1))).await.unwrap() {
+            electric_core::CommitOutcome::Committed(d) => d,
+            other => panic!("{other:?}"),
+        };
+        let log = l.log_key(&k);
+        store
+            .query::<String>(redis::cmd("XADD").arg(&log).arg("9-0").arg("d").arg("{}"))
+            .await
+            .unwrap();
+        store
+            .query::<u64>(redis::cmd("XDEL").arg(&log).arg("9-0"))
+            .await
+            .unwrap();
+        let outcome = store
+            .commit(set(&k, Some(d1.stamp()), "a", json!(2)))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, electric_core::CommitOutcome::Committed(d) if d.version == 2));
+        assert_eq!(
+            store
+                .stats()
+                .log_repairs
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        store.purge_namespace().await.unwrap();
+    })
+    .await;
+}
+
 /// A change log that is not a stream (a foreign writer) refuses the commit before anything is
 /// written: the error is `Malformed` and the document keeps its version and members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -611,7 +651,6 @@ async fn a_foreign_log_key_refuses_the_commit_and_changes_nothing() {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Malformed { .. }), "{err}");
-        assert!(err.to_string().contains("change log"), "{err}");
         let snap = store.load(&k).await.unwrap().expect("still there");
         assert_eq!(snap.stamp, d1.stamp());
         assert_eq!(snap.doc.get("a"), Some(&b"1"[..]));

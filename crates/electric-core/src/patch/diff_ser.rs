@@ -8,9 +8,11 @@
 //! serializes its members rather than sorted, which applies the same (different members never
 //! share a path; array operations keep `diff`'s order).
 //!
-//! Anything unusual — a map key that is not a string, a `RawValue`, a root that is not an
-//! object, a `Serialize` error — gives up with an error; the tree is then in an unspecified
-//! state and the caller must rebuild it the slow way (which also reports the real error).
+//! Anything unusual — a map key that is not a string, one of serde_json's private types (a
+//! `RawValue`, an `arbitrary_precision` number), a root that is not an object or is replaced
+//! whole (a top-level enum), a `Serialize` error — gives up with an error; the tree is then in
+//! an unspecified state and the caller must rebuild it the slow way (which also reports the
+//! real error).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -23,8 +25,10 @@ use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation
 
 type Error = serde_json::Error;
 
-/// The name `serde_json` gives the struct a `RawValue` serializes as.
-const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+/// The prefix of the names of the structs `serde_json` serializes its own special values as
+/// (`$serde_json::private::RawValue`, and `$serde_json::private::Number` when its
+/// `arbitrary_precision` feature is on).
+const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
 
 /// Serializes `value` into `tree` (the previous version's JSON object), pushing the operations
 /// that turn the old tree into the new one onto `ops`.
@@ -37,20 +41,25 @@ pub(crate) fn diff_into<T: Serialize + ?Sized>(
     value: &T,
     ops: &mut Vec<PatchOperation>,
 ) -> Result<(), Error> {
+    let start = ops.len();
     let mut root = Value::Object(std::mem::take(tree));
-    let result = value.serialize(DiffSer {
+    value.serialize(DiffSer {
         slot: &mut root,
         path: None,
         ops,
-    });
+    })?;
+    // A root replaced whole (an enum at the top level, say) names no member, and the caller
+    // learns removed members from the operations' paths: leave that to `diff`, which never
+    // replaces an object's root.
+    if ops[start..].iter().any(|op| op.path().is_root()) {
+        return Err(give_up("the root was replaced"));
+    }
     match root {
-        Value::Object(map) if result.is_ok() => {
+        Value::Object(map) => {
             *tree = map;
             Ok(())
         }
-        _ => Err(result
-            .err()
-            .unwrap_or_else(|| give_up("the root is not an object"))),
+        _ => Err(give_up("the root is not an object")),
     }
 }
 
@@ -490,8 +499,11 @@ impl<'s, 'p, 'a> ser::Serializer for DiffSer<'s, 'p, 'a> {
         name: &'static str,
         _len: usize,
     ) -> Result<Self::SerializeStruct, Error> {
-        if name == RAW_VALUE_TOKEN {
-            return Err(give_up("a RawValue"));
+        // serde_json's private structs (a `RawValue`; a `Number` under `arbitrary_precision`,
+        // which any crate in the build may turn on) are turned into other values by its own
+        // serializer.
+        if name.starts_with(SERDE_JSON_PRIVATE) {
+            return Err(give_up("a serde_json private type"));
         }
         Ok(self.compound(Kind::Object, None))
     }
@@ -906,6 +918,16 @@ mod tests {
             .cloned()
             .unwrap_or_default();
         assert!(diff_into(&mut tree, &BTreeMap::from([("r", &raw)]), &mut ops).is_err());
+        // A top-level enum whose variant changes: the root would be replaced whole.
+        #[derive(Serialize)]
+        enum Top {
+            A { x: u32 },
+        }
+        let mut tree = json!({"B": {"y": 2}})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        assert!(diff_into(&mut tree, &Top::A { x: 1 }, &mut ops).is_err());
         // A root that is not an object.
         let mut tree = serde_json::Map::new();
         assert!(diff_into(&mut tree, &[1, 2], &mut ops).is_err());
