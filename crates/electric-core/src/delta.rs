@@ -86,11 +86,147 @@ struct WireOut<'a> {
     delta: &'a Delta,
 }
 
+/// The decoding side of the wire format: every field named (a `#[serde(flatten)]` would buffer
+/// the whole delta into serde's `Content` first), and `ops` read by [`ops`] rather than
+/// through `json_patch`'s internally tagged enum (which buffers each operation the same way).
+/// Unknown fields are ignored, as they always were.
 #[derive(Deserialize)]
 struct WireIn {
     v: u64,
-    #[serde(flatten)]
-    delta: Delta,
+    key: Key,
+    epoch: Epoch,
+    base: Version,
+    version: Version,
+    time: u64,
+    origin: String,
+    kind: DeltaKind,
+    #[serde(deserialize_with = "ops::deserialize")]
+    ops: Patch,
+}
+
+impl From<WireIn> for Delta {
+    fn from(w: WireIn) -> Delta {
+        Delta {
+            key: w.key,
+            epoch: w.epoch,
+            base: w.base,
+            version: w.version,
+            change_time: w.time,
+            origin: w.origin,
+            kind: w.kind,
+            ops: w.ops,
+        }
+    }
+}
+
+/// Reads an RFC 6902 patch as `json_patch::Patch` does (same operations, same errors for a
+/// missing member or a bad pointer, unknown members ignored), one operation at a time.
+mod ops {
+    use std::fmt;
+
+    use json_patch::jsonptr::PointerBuf;
+    use json_patch::{
+        AddOperation, CopyOperation, MoveOperation, Patch, PatchOperation, RemoveOperation,
+        ReplaceOperation, TestOperation,
+    };
+    use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde_json::Value;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Patch, D::Error> {
+        d.deserialize_seq(Ops).map(Patch)
+    }
+
+    struct Ops;
+
+    impl<'de> Visitor<'de> for Ops {
+        type Value = Vec<PatchOperation>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON Patch (an array of operations)")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut ops = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some(Op(op)) = seq.next_element()? {
+                ops.push(op);
+            }
+            Ok(ops)
+        }
+    }
+
+    struct Op(PatchOperation);
+
+    impl<'de> de::Deserialize<'de> for Op {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(OpVisitor).map(Op)
+        }
+    }
+
+    struct OpVisitor;
+
+    impl<'de> Visitor<'de> for OpVisitor {
+        type Value = PatchOperation;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON Patch operation")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut op, mut path, mut from, mut value) = (None::<String>, None, None, None);
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let dup = match k.as_ref() {
+                    "op" => op.replace(map.next_value()?).is_some(),
+                    "path" => path.replace(pointer::<A>(map.next_value()?)?).is_some(),
+                    "from" => from.replace(pointer::<A>(map.next_value()?)?).is_some(),
+                    "value" => value.replace(map.next_value::<Value>()?).is_some(),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                        false
+                    }
+                };
+                if dup {
+                    return Err(de::Error::custom(format_args!("duplicate field `{k}`")));
+                }
+            }
+            let missing = |field: &'static str| -> A::Error { de::Error::missing_field(field) };
+            let op = op.ok_or_else(|| missing("op"))?;
+            Ok(match op.as_str() {
+                "add" => PatchOperation::Add(AddOperation {
+                    path: path.ok_or_else(|| missing("path"))?,
+                    value: value.ok_or_else(|| missing("value"))?,
+                }),
+                "remove" => PatchOperation::Remove(RemoveOperation {
+                    path: path.ok_or_else(|| missing("path"))?,
+                }),
+                "replace" => PatchOperation::Replace(ReplaceOperation {
+                    path: path.ok_or_else(|| missing("path"))?,
+                    value: value.ok_or_else(|| missing("value"))?,
+                }),
+                "move" => PatchOperation::Move(MoveOperation {
+                    from: from.ok_or_else(|| missing("from"))?,
+                    path: path.ok_or_else(|| missing("path"))?,
+                }),
+                "copy" => PatchOperation::Copy(CopyOperation {
+                    from: from.ok_or_else(|| missing("from"))?,
+                    path: path.ok_or_else(|| missing("path"))?,
+                }),
+                "test" => PatchOperation::Test(TestOperation {
+                    path: path.ok_or_else(|| missing("path"))?,
+                    value: value.ok_or_else(|| missing("value"))?,
+                }),
+                other => {
+                    return Err(de::Error::unknown_variant(
+                        other,
+                        &["add", "remove", "replace", "move", "copy", "test"],
+                    ))
+                }
+            })
+        }
+    }
+
+    fn pointer<'de, A: MapAccess<'de>>(s: String) -> Result<PointerBuf, A::Error> {
+        PointerBuf::parse(s).map_err(de::Error::custom)
+    }
 }
 
 #[derive(Deserialize)]
@@ -136,7 +272,7 @@ impl Delta {
     /// snapshot that is not a single root replace of an object).
     pub fn decode(bytes: &[u8]) -> Result<Delta> {
         let delta = match serde_json::from_slice::<WireIn>(bytes) {
-            Ok(w) if w.v == ENCODING_VERSION => w.delta,
+            Ok(w) if w.v == ENCODING_VERSION => Delta::from(w),
             Ok(w) => {
                 return Err(Error::UnsupportedEncoding {
                     found: w.v,
@@ -195,6 +331,50 @@ pub type SharedDelta = Arc<Delta>;
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `ops::deserialize` reads exactly what `json_patch::Patch`'s own `Deserialize` reads, and
+    /// rejects what it rejects: every patch of the RFC 6902 test suites, plus edge cases.
+    #[test]
+    fn ops_decode_like_json_patch() {
+        let fast =
+            |v: &Value| ops::deserialize(v.clone()).map_err(|e: serde_json::Error| e.to_string());
+        let slow =
+            |v: &Value| serde_json::from_value::<Patch>(v.clone()).map_err(|e| e.to_string());
+        let mut patches: Vec<Value> = Vec::new();
+        for file in ["tests.json", "spec_tests.json"] {
+            let path = format!(
+                "{}/tests/data/json-patch-tests/{file}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let text = std::fs::read_to_string(&path).expect("conformance data");
+            let cases: Vec<Value> = serde_json::from_str(&text).expect("conformance JSON");
+            patches.extend(cases.into_iter().filter_map(|c| c.get("patch").cloned()));
+        }
+        assert!(patches.len() > 100, "{} patches", patches.len());
+        patches.extend([
+            json!([{"op": "add", "path": "/a~1b/~0", "value": null, "extra": [1]}]),
+            json!([{"value": 1, "path": "", "op": "test"}]),
+            json!([{"op": "move", "from": "/a", "path": "/b"}, {"op": "copy", "from": "/b", "path": "/c"}]),
+            json!([{"op": "add", "path": "/a"}]),
+            json!([{"op": "remove"}]),
+            json!([{"op": "move", "path": "/a"}]),
+            json!([{"op": "jump", "path": "/a"}]),
+            json!([{"op": 1, "path": "/a"}]),
+            json!([{"path": "/a"}]),
+            json!([{"op": "remove", "path": "a"}]),
+            json!([{"op": "remove", "path": "/a", "path": "/b"}]),
+            json!({"op": "remove", "path": "/a"}),
+            json!([[]]),
+            json!([]),
+        ]);
+        for p in &patches {
+            match (fast(p), slow(p)) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{p}"),
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("{p}: ours {a:?}, json_patch {b:?}"),
+            }
+        }
+    }
 
     fn sample() -> Delta {
         Delta {
