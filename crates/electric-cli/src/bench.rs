@@ -725,8 +725,8 @@ async fn delivery_max(
     // One plain connection to one node publishes, so batches arrive in the order they were
     // sent (on a cluster, PUBLISH reaches every node from any of them). Plain `PUBLISH`
     // commands, pipelined: a Lua batch would cost Redis about 2 ns per payload byte to bring
-    // the payloads into Lua (see the scripts module), which made the publisher, not the
-    // replica, the limit.
+    // the payloads into Lua (see the scripts module), CPU the replica competes for when they
+    // share cores.
     let first_url = args.redis.split(',').next().unwrap_or_default().trim();
     let publisher = electric::redis::redis::Client::open(first_url)?
         .get_multiplexed_async_connection()

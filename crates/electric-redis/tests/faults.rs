@@ -17,7 +17,7 @@ use electric_core::sync::{SyncConfig, SyncService};
 use electric_core::{Error, Key, UpdateOutcome};
 use electric_redis::redis;
 use electric_redis::RedisStore;
-use electric_testkit::conformance::set;
+use electric_testkit::conformance::{committed, set};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -325,10 +325,7 @@ async fn script_flush_is_survived() {
     };
     let store = RedisStore::connect(&server.url()).await.unwrap();
     let key = Key::new("faults", "scripts", "doc").unwrap();
-    let d1 = match store.commit(set(&key, None, "a", json!(1))).await.unwrap() {
-        electric_core::CommitOutcome::Committed(d) => d,
-        other => panic!("{other:?}"),
-    };
+    let d1 = committed(&store, set(&key, None, "a", json!(1))).await;
     store
         .query::<()>(redis::cmd("SCRIPT").arg("FLUSH"))
         .await
@@ -482,10 +479,7 @@ async fn foreign_layouts_are_malformed() {
             .enumerate()
         {
             let k = s.key(format!("bad{i}")).unwrap();
-            let d = match store.commit(set(&k, None, "a", json!(1))).await.unwrap() {
-                electric_core::CommitOutcome::Committed(d) => d,
-                other => panic!("{other:?}"),
-            };
+            let d = committed(&store, set(&k, None, "a", json!(1))).await;
             assert_eq!(d.version, 1);
             store
                 .query::<()>(redis::cmd("HSET").arg(l.doc_key(&k)).arg(field).arg(value))
@@ -536,10 +530,7 @@ async fn malformed_log_entries_are_reported_and_repaired() {
     common::with_cleanup(store, |store| async move {
         let l = store.layout().clone();
         let k = Key::new(electric_testkit::unique("log"), "docs", "doc").unwrap();
-        let d1 = match store.commit(set(&k, None, "a", json!(1))).await.unwrap() {
-            electric_core::CommitOutcome::Committed(d) => d,
-            other => panic!("{other:?}"),
-        };
+        let d1 = committed(&store, set(&k, None, "a", json!(1))).await;
         store
             .query::<String>(
                 redis::cmd("XADD")
@@ -598,10 +589,7 @@ async fn a_log_that_went_past_the_document_is_repaired_even_after_xdel() {
     common::with_cleanup(store, |store| async move {
         let l = store.layout().clone();
         let k = Key::new(electric_testkit::unique("log"), "docs", "doc").unwrap();
-        let d1 = match store.commit(set(&k, None, "a", json!(1))).await.unwrap() {
-            electric_core::CommitOutcome::Committed(d) => d,
-            other => panic!("{other:?}"),
-        };
+        let d1 = committed(&store, set(&k, None, "a", json!(1))).await;
         let log = l.log_key(&k);
         store
             .query::<String>(redis::cmd("XADD").arg(&log).arg("9-0").arg("d").arg("{}"))
@@ -638,10 +626,7 @@ async fn a_foreign_log_key_refuses_the_commit_and_changes_nothing() {
     common::with_cleanup(store, |store| async move {
         let l = store.layout().clone();
         let k = Key::new(electric_testkit::unique("log"), "docs", "doc").unwrap();
-        let d1 = match store.commit(set(&k, None, "a", json!(1))).await.unwrap() {
-            electric_core::CommitOutcome::Committed(d) => d,
-            other => panic!("{other:?}"),
-        };
+        let d1 = committed(&store, set(&k, None, "a", json!(1))).await;
         store
             .query::<()>(redis::cmd("SET").arg(l.log_key(&k)).arg("not a stream"))
             .await

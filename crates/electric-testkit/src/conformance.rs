@@ -113,7 +113,8 @@ pub fn set(key: &Key, expected: Option<Stamp>, field: &str, value: Value) -> Com
     }
 }
 
-async fn committed(store: &dyn Store, commit: Commit) -> electric_core::SharedDelta {
+/// Commits `commit`, panicking on a conflict or an error (for tests).
+pub async fn committed(store: &dyn Store, commit: Commit) -> electric_core::SharedDelta {
     match store.commit(commit).await.expect("commit") {
         CommitOutcome::Committed(d) => d,
         CommitOutcome::Conflict { actual } => panic!("unexpected conflict, store has {actual:?}"),

@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use serde::ser::{self, Impossible, Serialize};
+use serde::ser::{self, Serialize};
 use serde_json::{Map, Value};
 
 use super::{render, scalar_eq, Path, Seg};
@@ -291,7 +291,12 @@ impl Compound<'_, '_, '_> {
     }
 
     fn key<K: Serialize + ?Sized>(&mut self, key: &K) -> Result<(), Error> {
-        let k = key.serialize(KeySer)?;
+        // Keys that serialize as strings (strings, chars, unit variants) are those serde_json
+        // also keys by that string; anything it would turn into a string some other way
+        // (numbers, bools) gives up, leaving it to the slow path.
+        let Value::String(k) = serde_json::to_value(key)? else {
+            return Err(give_up("a non-string map key"));
+        };
         match self {
             Compound::Walk { key, .. } | Compound::Build { key, .. } => *key = Some(k),
         }
@@ -518,49 +523,28 @@ impl<'s, 'p, 'a> ser::Serializer for DiffSer<'s, 'p, 'a> {
     }
 }
 
-impl ser::SerializeSeq for Compound<'_, '_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
+/// The sequence-like compounds: each element is an array element.
+macro_rules! element_compounds {
+    ($($tr:ident::$method:ident),*) => {$(
+        impl ser::$tr for Compound<'_, '_, '_> {
+            type Ok = ();
+            type Error = Error;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), Error> {
+                Compound::end(self)
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Compound<'_, '_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_, '_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_, '_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
-}
+element_compounds!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl ser::SerializeMap for Compound<'_, '_, '_> {
     type Ok = ();
@@ -576,171 +560,27 @@ impl ser::SerializeMap for Compound<'_, '_, '_> {
     }
 }
 
-impl ser::SerializeStruct for Compound<'_, '_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.member(Cow::Borrowed(key), value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
+/// The struct-like compounds: each field is an object member.
+macro_rules! field_compounds {
+    ($($tr:ident),*) => {$(
+        impl ser::$tr for Compound<'_, '_, '_> {
+            type Ok = ();
+            type Error = Error;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), Error> {
+                self.member(Cow::Borrowed(key), value)
+            }
+            fn end(self) -> Result<(), Error> {
+                Compound::end(self)
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for Compound<'_, '_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.member(Cow::Borrowed(key), value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
-}
-
-/// Map keys: strings (and chars) only; anything `serde_json` would turn into a string some
-/// other way gives up, leaving it to the slow path.
-struct KeySer;
-
-impl ser::Serializer for KeySer {
-    type Ok = String;
-    type Error = Error;
-    type SerializeSeq = Impossible<String, Error>;
-    type SerializeTuple = Impossible<String, Error>;
-    type SerializeTupleStruct = Impossible<String, Error>;
-    type SerializeTupleVariant = Impossible<String, Error>;
-    type SerializeMap = Impossible<String, Error>;
-    type SerializeStruct = Impossible<String, Error>;
-    type SerializeStructVariant = Impossible<String, Error>;
-
-    fn serialize_str(self, v: &str) -> Result<String, Error> {
-        Ok(v.to_owned())
-    }
-    fn serialize_char(self, v: char) -> Result<String, Error> {
-        Ok(v.to_string())
-    }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _name: &'static str,
-        value: &T,
-    ) -> Result<String, Error> {
-        value.serialize(self)
-    }
-    fn serialize_bool(self, _v: bool) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_i8(self, _v: i8) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_i16(self, _v: i16) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_i32(self, _v: i32) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_i64(self, _v: i64) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_u8(self, _v: u8) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_u16(self, _v: u16) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_u32(self, _v: u32) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_u64(self, _v: u64) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_f32(self, _v: f32) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_f64(self, _v: f64) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_bytes(self, _v: &[u8]) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_none(self) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_some<T: Serialize + ?Sized>(self, _value: &T) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_unit(self) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_unit_struct(self, _name: &'static str) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_unit_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-    ) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-        _value: &T,
-    ) -> Result<String, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_tuple(self, _len: usize) -> Result<Self::SerializeTuple, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_tuple_struct(
-        self,
-        _name: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeTupleStruct, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_tuple_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeTupleVariant, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_struct(
-        self,
-        _name: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeStruct, Error> {
-        Err(give_up("a non-string map key"))
-    }
-    fn serialize_struct_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeStructVariant, Error> {
-        Err(give_up("a non-string map key"))
-    }
-}
+field_compounds!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
