@@ -23,6 +23,8 @@ use clap::Args;
 use electric::manager::{ChangeCause, DataManager};
 use electric::patch;
 use electric::redis::redis::cmd as rcmd;
+use electric::redis::redis::io::tcp::TcpSettings;
+use electric::redis::redis::IntoConnectionInfo;
 use electric::redis::RedisStore;
 use electric::store::{Commit, Store};
 use electric::sync::{SyncConfig, SyncService};
@@ -728,7 +730,10 @@ async fn delivery_max(
     // the payloads into Lua (see the scripts module), CPU the replica competes for when they
     // share cores.
     let first_url = args.redis.split(',').next().unwrap_or_default().trim();
-    let publisher = electric::redis::redis::Client::open(first_url)?
+    let publisher_info = first_url
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    let publisher = electric::redis::redis::Client::open(publisher_info)?
         .get_multiplexed_async_connection()
         .await
         .context("connecting the publisher")?;
