@@ -5,7 +5,11 @@
 //! - `get_hit`: `DataManager::get` on a cached document vs `RwLock<HashMap<String, Arc<T>>>` get
 //!   on the same 10,000 keys (goal: ours ≥ 0.8× the baseline's speed);
 //! - `update`: `DataManager::update` (serialize, diff, commit, local apply) of a ~3.5 KB order
-//!   book on `MemoryStore` vs committing a pre-built patch straight to the store (the limit).
+//!   book on `MemoryStore` vs committing a pre-built patch straight to the store (the limit);
+//! - `apply_remote`: a replica applying another process's five-leaf delta to a cached order book
+//!   (`DataManager::apply_remote`: patch the kept JSON tree, rebuild the typed value, swap it
+//!   into the cache), 512 books round robin, vs `json_patch::patch` of the same delta onto a
+//!   `serde_json::Value` copy of the book (what a replica caching JSON trees would do).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -111,5 +115,66 @@ fn update(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, get_hit, update);
+fn apply_remote(c: &mut Criterion) {
+    const BOOKS: usize = 512;
+    const ROUNDS: usize = 16;
+    let rt = runtime();
+    let store = Arc::new(MemoryStore::new());
+    let (deltas, trees) = common::remote_deltas(&rt, &store, BOOKS, ROUNDS);
+    // A replica with every book cached at the version the deltas start from (untimed).
+    let fresh_replica = || {
+        let r = DataManager::<OrderBook>::builder(store.clone(), "bench", "remote")
+            .origin("bench-replica")
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 0..BOOKS {
+                r.get(&format!("book-{i}")).await.unwrap().unwrap();
+            }
+        });
+        r
+    };
+    let mut group = c.benchmark_group("apply_remote");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("data_manager_apply_remote", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = std::time::Duration::ZERO;
+            let mut left = iters as usize;
+            while left > 0 {
+                let replica = fresh_replica();
+                let n = left.min(deltas.len());
+                let start = std::time::Instant::now();
+                for d in &deltas[..n] {
+                    rt.block_on(replica.apply_remote(d.clone()));
+                }
+                spent += start.elapsed();
+                assert_eq!(replica.stats().applied, n as u64, "every delta applies");
+                left -= n;
+            }
+            spent
+        })
+    });
+    // Baseline: the same deltas patched onto plain JSON trees.
+    group.bench_function("json_patch_onto_value", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = std::time::Duration::ZERO;
+            let mut left = iters as usize;
+            while left > 0 {
+                let mut docs = trees.clone();
+                let n = left.min(deltas.len());
+                let start = std::time::Instant::now();
+                for (i, d) in deltas[..n].iter().enumerate() {
+                    json_patch::patch(&mut docs[i % BOOKS], &d.ops).unwrap();
+                }
+                spent += start.elapsed();
+                black_box(&docs);
+                left -= n;
+            }
+            spent
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, get_hit, update, apply_remote);
 criterion_main!(benches);

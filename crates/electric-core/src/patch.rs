@@ -56,9 +56,29 @@ pub fn diff(old: &Value, new: &Value) -> Patch {
 /// array index out of range, a failed `test`, a `move` into its own child…). `doc` is then left
 /// unchanged.
 pub fn apply(doc: &mut Value, ops: &Patch) -> Result<()> {
+    apply_inner(doc, ops, false).map(|_| ())
+}
+
+/// [`apply`], also returning about how much the patch changed `doc`'s compact JSON length, as
+/// [`size_change`] estimates it. A patch of `replace` operations is sized as it is applied,
+/// from the values it swaps, so no path is resolved twice.
+pub(crate) fn apply_sized(doc: &mut Value, ops: &Patch) -> Result<i64> {
+    apply_inner(doc, ops, true)
+}
+
+fn apply_inner(doc: &mut Value, ops: &Patch, sized: bool) -> Result<i64> {
     let failed = |e: json_patch::PatchError| Error::PatchFailed {
         reason: e.to_string(),
     };
+    if ops
+        .iter()
+        .all(|op| matches!(op, PatchOperation::Replace(_)))
+    {
+        if let Some(change) = replace_all(doc, ops, sized) {
+            return Ok(change);
+        }
+    }
+    let change = if sized { size_change(doc, ops) } else { 0 };
     if ops.iter().any(|op| matches!(op, PatchOperation::Move(_))) {
         // `json_patch::patch` cannot roll back every failed `move` (json-patch 5.0):
         // - a `move` whose `from` resolves but whose `path` does not has already removed the
@@ -69,35 +89,36 @@ pub fn apply(doc: &mut Value, ops: &Patch) -> Result<()> {
         let mut scratch = doc.clone();
         json_patch::patch_unsafe(&mut scratch, ops).map_err(failed)?;
         *doc = scratch;
-        return Ok(());
-    }
-    if ops
-        .iter()
-        .all(|op| matches!(op, PatchOperation::Replace(_)))
-        && replace_all(doc, ops)
-    {
-        return Ok(());
+        return Ok(change);
     }
     // Rolls `doc` back on error.
-    json_patch::patch(doc, ops).map_err(failed)
+    json_patch::patch(doc, ops).map_err(failed)?;
+    Ok(change)
 }
 
 /// Applies a patch of `replace` operations only (the common case: a diff of changed leaves)
-/// without `json_patch`'s string allocation per pointer token. Returns `false`, with `doc` rolled
-/// back, when a path does not resolve; `json_patch` then fails the same way and reports it.
-fn replace_all(doc: &mut Value, ops: &Patch) -> bool {
+/// without `json_patch`'s string allocation per pointer token, and with `sized`, returns the
+/// change in JSON length (each new value counted in, each replaced one out). Returns `None`,
+/// with `doc` rolled back, when a path does not resolve; `json_patch` then fails the same way
+/// and reports it.
+fn replace_all(doc: &mut Value, ops: &Patch, sized: bool) -> Option<i64> {
+    let size = |v: &Value| if sized { serialized_len(v) as i64 } else { 0 };
     let mut undo = Vec::with_capacity(ops.len());
+    let mut change = 0;
     for op in ops.iter() {
         let PatchOperation::Replace(r) = op else {
             break;
         };
         match resolve_mut(doc, &r.path) {
-            Some(slot) => undo.push(std::mem::replace(slot, r.value.clone())),
+            Some(slot) => {
+                change += size(&r.value) - size(slot);
+                undo.push(std::mem::replace(slot, r.value.clone()));
+            }
             None => break,
         }
     }
     if undo.len() == ops.len() {
-        return true;
+        return Some(change);
     }
     // Undone newest first, each path resolves as it did right after its operation.
     for (op, old) in ops.iter().zip(undo).rev() {
@@ -105,7 +126,7 @@ fn replace_all(doc: &mut Value, ops: &Patch) -> bool {
             *slot = old;
         }
     }
-    false
+    None
 }
 
 /// `path` in `doc`, resolved as [`Value::pointer`] does but without allocating a string per
@@ -589,6 +610,7 @@ mod tests {
         let doc = json!({"a": 1, "b": {"c": "xyz", "d": [1, 2, 3]}, "e": [true]});
         for new in [
             json!({"a": 12345, "b": {"c": "xyz", "d": [1, 2, 3]}, "e": [true]}),
+            json!({"a": 1.25, "b": {"c": "xyz", "d": [1, "two", 3]}, "e": [false]}),
             json!({"a": 1, "b": {"c": "a much longer string", "d": [1, 2, 3]}, "e": [true]}),
             json!({"a": 1, "b": {"c": "xyz", "d": [1, 2, 3]}, "e": [true], "f": {"g": [1]}}),
             json!({"a": 1, "b": {"d": [1, 2, 3]}, "e": [true]}),
@@ -604,7 +626,24 @@ mod tests {
                 "{new}: estimated {estimate}, actual {}",
                 len(&new)
             );
+            // Sizing while applying agrees, and is exact for patches of replaces.
+            let mut applied = doc.clone();
+            let change = apply_sized(&mut applied, &p).unwrap();
+            assert_eq!(applied, new);
+            if p.iter().all(|op| matches!(op, PatchOperation::Replace(_))) {
+                assert_eq!(len(&doc) + change, len(&new), "{new}");
+            } else {
+                assert_eq!(change, size_change(&doc, &p), "{new}");
+            }
         }
+        // A patch that fails changes nothing and reports the failure, sized or not.
+        let bad = ops(json!([
+            {"op": "replace", "path": "/a", "value": 2},
+            {"op": "replace", "path": "/nope/x", "value": 3}
+        ]));
+        let mut unchanged = doc.clone();
+        assert!(apply_sized(&mut unchanged, &bad).is_err());
+        assert_eq!(unchanged, doc);
         // Inserting into an array at an existing index is an insert, not a replace.
         let insert = ops(json!([{"op": "add", "path": "/b/d/0", "value": 10}]));
         let mut after = doc.clone();

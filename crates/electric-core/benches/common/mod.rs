@@ -1,10 +1,14 @@
 //! Set-up shared by the benchmarks.
 
+// Each benchmark includes this module and uses only some of it.
+#![allow(dead_code)]
+
 use std::sync::Arc;
 
 use criterion::measurement::WallTime;
 use criterion::BenchmarkGroup;
-use electric_core::{DataManager, MemoryStore};
+use electric_core::manager::UpdateOutcome;
+use electric_core::{DataManager, Delta, DeltaKind, MemoryStore};
 use electric_testkit::orderbook::OrderBook;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -42,4 +46,57 @@ pub fn bench_update(
                 .unwrap()
         })
     });
+}
+
+/// Deltas for `books` books, `rounds` per book, each applying to the one before (versions 2, 3…
+/// of every book, round robin), and the books' JSON trees before the first.
+pub fn remote_deltas(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<MemoryStore>,
+    books: usize,
+    rounds: usize,
+) -> (Vec<Arc<Delta>>, Vec<serde_json::Value>) {
+    let writer = DataManager::<OrderBook>::builder(store.clone(), "bench", "remote")
+        .build()
+        .unwrap();
+    let mut rng = SmallRng::seed_from_u64(2);
+    let mut current = Vec::with_capacity(books);
+    let mut stamps = Vec::with_capacity(books);
+    rt.block_on(async {
+        for i in 0..books {
+            let id = format!("book-{i}");
+            let book = OrderBook::new(&id, i as u64);
+            let outcome = writer.update(&id, |b| *b = book.clone()).await.unwrap();
+            let UpdateOutcome::Changed { delta, .. } = outcome else {
+                unreachable!("a new book changes the document")
+            };
+            stamps.push(delta.stamp());
+            current.push(book);
+        }
+    });
+    let trees = current
+        .iter()
+        .map(|b| serde_json::to_value(b).unwrap())
+        .collect();
+    let mut deltas = Vec::with_capacity(books * rounds);
+    for round in 0..rounds as u64 {
+        for (i, book) in current.iter_mut().enumerate() {
+            let mut next = book.clone();
+            next.mutate(&mut rng);
+            let (ops, _) = book.patch_to(&next);
+            let base = stamps[i].version + round;
+            deltas.push(Arc::new(Delta {
+                key: writer.key(&format!("book-{i}")).unwrap(),
+                epoch: stamps[i].epoch,
+                base,
+                version: base + 1,
+                change_time: 1_764_180_000_000 + round,
+                origin: "bench-writer".into(),
+                kind: DeltaKind::Patch,
+                ops,
+            }));
+            *book = next;
+        }
+    }
+    (deltas, trees)
 }

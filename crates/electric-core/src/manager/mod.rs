@@ -1079,7 +1079,7 @@ impl<T: Document> DataManager<T> {
     /// Applies `delta` on top of `doc`: patches the kept JSON tree in place (or one built from
     /// the cached value) and deserializes the result. Returns the value, the patched tree and
     /// the document's JSON size: exact for a snapshot, otherwise the last known size adjusted by
-    /// the delta ([`patch::size_change`]).
+    /// the delta (`patch::apply_sized`).
     fn apply_to(&self, doc: &Doc<T>, delta: &Delta) -> Result<(T, Map<String, Value>, u32)> {
         let key = &delta.key;
         let tree = match self.take_tree(key.id(), doc.stamp(), false) {
@@ -1087,13 +1087,14 @@ impl<T: Document> DataManager<T> {
             None => self.to_object(key, doc.value())?,
         };
         let mut json = Value::Object(tree);
-        let estimate = (delta.kind != DeltaKind::Snapshot)
-            .then(|| i64::from(doc.entry.json_len) + patch::size_change(&json, &delta.ops));
-        patch::apply(&mut json, &delta.ops)?;
         // A snapshot is sized exactly, which also resets any drift of the estimates.
-        let json_len = estimate
-            .unwrap_or_else(|| patch::json_size(&json) as i64)
-            .clamp(2, i64::from(u32::MAX)) as u32;
+        let json_len = if delta.kind == DeltaKind::Snapshot {
+            patch::apply(&mut json, &delta.ops)?;
+            patch::json_size(&json) as i64
+        } else {
+            i64::from(doc.entry.json_len) + patch::apply_sized(&mut json, &delta.ops)?
+        };
+        let json_len = json_len.clamp(2, i64::from(u32::MAX)) as u32;
         let Value::Object(tree) = json else {
             return Err(Error::NotAnObject {
                 key: key.clone(),
