@@ -185,6 +185,59 @@ impl Done {
     }
 }
 
+/// What both workers' handles are: the sending side of the queue, the counters and the signal
+/// that the worker stopped.
+struct Handle<I, O> {
+    tx: mpsc::Sender<(I, Reply<O>)>,
+    counters: Arc<Counters>,
+    done: Done,
+}
+
+impl<I, O> Clone for Handle<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            counters: self.counters.clone(),
+            done: self.done.clone(),
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
+    async fn submit(&self, item: I) -> Result<O, WorkerError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((item, Some(tx)))
+            .await
+            .map_err(|_| WorkerError::Stopped)?;
+        rx.await.unwrap_or(Err(WorkerError::Stopped))
+    }
+
+    async fn send(&self, item: I) -> Result<(), WorkerError> {
+        self.tx
+            .send((item, None))
+            .await
+            .map_err(|_| WorkerError::Stopped)
+    }
+
+    fn try_send(&self, item: I) -> Result<(), TrySendError<I>> {
+        self.tx.try_send((item, None)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full((i, _)) => TrySendError::Full(i),
+            mpsc::error::TrySendError::Closed((i, _)) => TrySendError::Stopped(i),
+        })
+    }
+
+    async fn shutdown(self) {
+        let done = self.done.clone();
+        drop(self);
+        done.wait().await;
+    }
+
+    fn stats(&self) -> WorkerStats {
+        self.counters.snapshot()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /// Builds an [`AutoWorker`].
@@ -260,36 +313,28 @@ impl AutoWorkerBuilder {
             }
             let _ = done_tx.send(true);
         });
-        Ok(AutoWorker {
+        Ok(AutoWorker(Handle {
             tx,
             counters,
             done: Done(done_rx),
-        })
+        }))
     }
 }
 
 /// One background consumer handling items in order (the original's `AutoWorker`). Cheap to
 /// clone; the worker stops after the last clone is dropped and the queue is drained.
-pub struct AutoWorker<I, O> {
-    tx: mpsc::Sender<(I, Reply<O>)>,
-    counters: Arc<Counters>,
-    done: Done,
-}
+pub struct AutoWorker<I, O>(Handle<I, O>);
 
 impl<I, O> Clone for AutoWorker<I, O> {
     fn clone(&self) -> Self {
-        Self {
-            tx: self.tx.clone(),
-            counters: self.counters.clone(),
-            done: self.done.clone(),
-        }
+        Self(self.0.clone())
     }
 }
 
 impl<I, O> fmt::Debug for AutoWorker<I, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AutoWorker")
-            .field("stats", &self.counters.snapshot())
+            .field("stats", &self.0.counters.snapshot())
             .finish_non_exhaustive()
     }
 }
@@ -317,12 +362,7 @@ impl<I: Send + 'static, O: Send + 'static> AutoWorker<I, O> {
     /// If cancelled while waiting for room, the item was not queued. If cancelled after it was
     /// queued, it is still handled and its result is dropped (counted, not logged).
     pub async fn submit(&self, item: I) -> Result<O, WorkerError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send((item, Some(tx)))
-            .await
-            .map_err(|_| WorkerError::Stopped)?;
-        rx.await.unwrap_or(Err(WorkerError::Stopped))
+        self.0.submit(item).await
     }
 
     /// Queues `item` without waiting for its result (fire and forget). A failure is counted in
@@ -336,10 +376,7 @@ impl<I: Send + 'static, O: Send + 'static> AutoWorker<I, O> {
     ///
     /// If cancelled while waiting for room, the item was not queued.
     pub async fn send(&self, item: I) -> Result<(), WorkerError> {
-        self.tx
-            .send((item, None))
-            .await
-            .map_err(|_| WorkerError::Stopped)
+        self.0.send(item).await
     }
 
     /// Queues `item` (fire and forget) without waiting for room.
@@ -348,23 +385,18 @@ impl<I: Send + 'static, O: Send + 'static> AutoWorker<I, O> {
     ///
     /// [`TrySendError::Full`] or [`TrySendError::Stopped`], with the item.
     pub fn try_send(&self, item: I) -> Result<(), TrySendError<I>> {
-        self.tx.try_send((item, None)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full((i, _)) => TrySendError::Full(i),
-            mpsc::error::TrySendError::Closed((i, _)) => TrySendError::Stopped(i),
-        })
+        self.0.try_send(item)
     }
 
     /// Drops this handle and waits until the worker has handled everything queued and stopped
     /// (which needs every other clone dropped too).
     pub async fn shutdown(self) {
-        let done = self.done.clone();
-        drop(self);
-        done.wait().await;
+        self.0.shutdown().await;
     }
 
     /// The counters.
     pub fn stats(&self) -> WorkerStats {
-        self.counters.snapshot()
+        self.0.stats()
     }
 }
 
@@ -436,11 +468,11 @@ impl BatchWorkerBuilder {
             counters.clone(),
             done_tx,
         ));
-        Ok(BatchWorker {
+        Ok(BatchWorker(Handle {
             tx,
             counters,
             done: Done(done_rx),
-        })
+        }))
     }
 }
 
@@ -515,26 +547,18 @@ async fn run_batches<I, O, E, H, Fut>(
 /// Collects items into batches of up to `batch_size`, flushed when full or when the oldest item
 /// has waited `max_wait`, and hands each batch to one handler call; each item gets its own
 /// result (the original's `AutoBatchWorker`). Cheap to clone.
-pub struct BatchWorker<I, O> {
-    tx: mpsc::Sender<(I, Reply<O>)>,
-    counters: Arc<Counters>,
-    done: Done,
-}
+pub struct BatchWorker<I, O>(Handle<I, O>);
 
 impl<I, O> Clone for BatchWorker<I, O> {
     fn clone(&self) -> Self {
-        Self {
-            tx: self.tx.clone(),
-            counters: self.counters.clone(),
-            done: self.done.clone(),
-        }
+        Self(self.0.clone())
     }
 }
 
 impl<I, O> fmt::Debug for BatchWorker<I, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BatchWorker")
-            .field("stats", &self.counters.snapshot())
+            .field("stats", &self.0.counters.snapshot())
             .finish_non_exhaustive()
     }
 }
@@ -562,12 +586,7 @@ impl<I: Send + 'static, O: Send + 'static> BatchWorker<I, O> {
     ///
     /// As [`AutoWorker::submit`].
     pub async fn submit(&self, item: I) -> Result<O, WorkerError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send((item, Some(tx)))
-            .await
-            .map_err(|_| WorkerError::Stopped)?;
-        rx.await.unwrap_or(Err(WorkerError::Stopped))
+        self.0.submit(item).await
     }
 
     /// Queues `item` without waiting for its result; failures are counted and logged.
@@ -580,23 +599,27 @@ impl<I: Send + 'static, O: Send + 'static> BatchWorker<I, O> {
     ///
     /// If cancelled while waiting for room, the item was not queued.
     pub async fn send(&self, item: I) -> Result<(), WorkerError> {
-        self.tx
-            .send((item, None))
-            .await
-            .map_err(|_| WorkerError::Stopped)
+        self.0.send(item).await
+    }
+
+    /// Queues `item` (fire and forget) without waiting for room.
+    ///
+    /// # Errors
+    ///
+    /// [`TrySendError::Full`] or [`TrySendError::Stopped`], with the item.
+    pub fn try_send(&self, item: I) -> Result<(), TrySendError<I>> {
+        self.0.try_send(item)
     }
 
     /// Drops this handle and waits until everything queued was handled and the worker stopped
     /// (which needs every other clone dropped too).
     pub async fn shutdown(self) {
-        let done = self.done.clone();
-        drop(self);
-        done.wait().await;
+        self.0.shutdown().await;
     }
 
     /// The counters.
     pub fn stats(&self) -> WorkerStats {
-        self.counters.snapshot()
+        self.0.stats()
     }
 }
 
@@ -962,6 +985,35 @@ mod tests {
         assert_eq!(batches[1].0 - start, Duration::from_millis(50));
         let s = w.stats();
         assert_eq!((s.succeeded, s.failed, s.batches), (3, 1, 2));
+    }
+
+    #[tokio::test]
+    async fn batch_worker_try_send_reports_a_full_queue_and_keeps_the_item() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let (g2, h2) = (gate.clone(), handled.clone());
+        let w = BatchWorker::builder()
+            .capacity(1)
+            .batch_size(1)
+            .max_wait(Duration::from_millis(1))
+            .build(move |batch: Vec<u32>| {
+                let (g2, h2) = (g2.clone(), h2.clone());
+                async move {
+                    let _permit = g2.acquire().await;
+                    h2.lock().expect("handled").extend(batch.iter().copied());
+                    batch.into_iter().map(Ok::<_, BoxError>).collect::<Vec<_>>()
+                }
+            })
+            .expect("worker");
+        w.send(0).await.expect("send");
+        // 0 is taken into a batch that waits on the gate; 1 fills the one-item queue.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        w.try_send(1).expect("room for one");
+        assert_eq!(w.try_send(2), Err(TrySendError::Full(2)));
+        gate.add_permits(10);
+        w.send(2).await.expect("send");
+        w.shutdown().await;
+        assert_eq!(*handled.lock().expect("handled"), vec![0, 1, 2]);
     }
 
     #[tokio::test]
