@@ -6,7 +6,7 @@
  * that accounts for (docs/redis-cluster-fanout.md, "Latency across nodes").
  *
  *   gcc -shared -fPIC -O2 -o /tmp/nodelay.so docs/tools/cluster-bus-nodelay.c -ldl
- *   LD_PRELOAD=/tmp/nodelay.so .ci/redis-cluster start 7201 /tmp/electric-dev-cluster
+ *   LD_PRELOAD=/tmp/nodelay.so .ci/redis-cluster start 7201 /tmp/electric-dev-cluster-nd
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>

@@ -59,9 +59,9 @@ pub fn apply(doc: &mut Value, ops: &Patch) -> Result<()> {
     apply_inner(doc, ops, false).map(|_| ())
 }
 
-/// [`apply`], also returning about how much the patch changed `doc`'s compact JSON length, as
-/// [`size_change`] estimates it. A patch of `replace` operations is sized as it is applied,
-/// from the values it swaps, so no path is resolved twice.
+/// [`apply`], also returning how much the patch changed `doc`'s compact JSON length. A patch of
+/// `replace` operations is sized exactly as it is applied, from the values it swaps, so no path
+/// is resolved twice; any other patch gets [`size_change`]'s estimate.
 pub(crate) fn apply_sized(doc: &mut Value, ops: &Patch) -> Result<i64> {
     apply_inner(doc, ops, true)
 }
@@ -643,6 +643,15 @@ mod tests {
         ]));
         let mut unchanged = doc.clone();
         assert!(apply_sized(&mut unchanged, &bad).is_err());
+        assert_eq!(unchanged, doc);
+        // A move is sized by the estimate (as nothing) and applied on a copy.
+        let mv = ops(json!([{"op": "move", "from": "/a", "path": "/z"}]));
+        let mut moved = doc.clone();
+        assert_eq!(apply_sized(&mut moved, &mv).unwrap(), size_change(&doc, &mv));
+        assert_eq!(moved["z"], json!(1));
+        let bad_move = ops(json!([{"op": "move", "from": "/a", "path": "/nope/z"}]));
+        let mut unchanged = doc.clone();
+        assert!(apply_sized(&mut unchanged, &bad_move).is_err());
         assert_eq!(unchanged, doc);
         // Inserting into an array at an existing index is an insert, not a replace.
         let insert = ops(json!([{"op": "add", "path": "/b/d/0", "value": 10}]));

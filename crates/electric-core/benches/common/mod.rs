@@ -3,7 +3,10 @@
 // Each benchmark includes this module and uses only some of it.
 #![allow(dead_code)]
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use criterion::measurement::WallTime;
 use criterion::BenchmarkGroup;
@@ -99,4 +102,16 @@ pub fn remote_deltas(
         }
     }
     (deltas, trees)
+}
+
+/// Runs `fut` to completion: polled once with a no-op waker (inside the runtime's context), as
+/// `.await` does with a future that is ready at once, and handed to the runtime only if it is
+/// not, so a ready call is timed without the runtime's `block_on` around it.
+pub fn run<F: Future>(rt: &tokio::runtime::Runtime, fut: F) -> F::Output {
+    let _context = rt.enter();
+    let mut fut = pin!(fut);
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => rt.block_on(fut),
+    }
 }
