@@ -647,7 +647,10 @@ mod tests {
         // A move is sized by the estimate (as nothing) and applied on a copy.
         let mv = ops(json!([{"op": "move", "from": "/a", "path": "/z"}]));
         let mut moved = doc.clone();
-        assert_eq!(apply_sized(&mut moved, &mv).unwrap(), size_change(&doc, &mv));
+        assert_eq!(
+            apply_sized(&mut moved, &mv).unwrap(),
+            size_change(&doc, &mv)
+        );
         assert_eq!(moved["z"], json!(1));
         let bad_move = ops(json!([{"op": "move", "from": "/a", "path": "/nope/z"}]));
         let mut unchanged = doc.clone();
