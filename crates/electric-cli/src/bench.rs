@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout instead of a table (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Leave Nagle's algorithm on (`RedisStore`'s `tcp_nodelay(false)`, and the same for the
+    /// `delivery_max` publisher), to compare with the default.
+    #[arg(long)]
+    no_tcp_nodelay: bool,
     /// Run only these measurements (comma-separated names from the table above; a ratio is
     /// reported when both of its measurements ran). Default: all.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(NAMES))]
@@ -288,6 +292,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let store = RedisStore::builder(&args.redis)
         .namespace(electric_testkit::unique("electric-bench"))
+        .tcp_nodelay(!args.no_tcp_nodelay)
         .connect()
         .await
         .with_context(|| format!("connecting to redis at {}", args.redis))?;
@@ -732,7 +737,7 @@ async fn delivery_max(
     let first_url = args.redis.split(',').next().unwrap_or_default().trim();
     let publisher_info = first_url
         .into_connection_info()?
-        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        .set_tcp_settings(TcpSettings::default().set_nodelay(!args.no_tcp_nodelay));
     let publisher = electric::redis::redis::Client::open(publisher_info)?
         .get_multiplexed_async_connection()
         .await

@@ -143,8 +143,9 @@ impl RedisStoreBuilder {
     /// Set `TCP_NODELAY` on every connection (default on). The `redis` crate leaves Nagle's
     /// algorithm on unless asked; with it, the last segment of a command that spans several
     /// waits for the earlier ones to be acknowledged, which the peer may delay by up to 40 ms.
-    /// Nagle's batching is worth throughput where nothing is split: on loopback, turning it back
-    /// on (`false`) gave 11–19 % more `update` and load throughput (BENCHMARKS.md).
+    /// Nagle's batching is worth throughput only where nothing is split: on loopback, turning it
+    /// back on (`false`) gave 11–19 % more `update` and load throughput, while across a link
+    /// with a 1,500-byte MTU raw commits were 15–32 % slower with it (BENCHMARKS.md).
     pub fn tcp_nodelay(mut self, yes: bool) -> Self {
         self.tcp_nodelay = yes;
         self
