@@ -36,10 +36,12 @@
 //! | [`store`] | the [`Store`] trait and [`MemoryStore`] |
 //! | [`manager`] | [`DataManager`]: typed, cached, optimistically concurrent documents |
 //! | [`sync`] | [`SyncService`]: keeps managers in step with their stores |
+//! | [`bus`] | the message bus: [`bus::BusClient`], codecs, [`bus::MemoryBus`] |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod bus;
 pub mod cache;
 pub mod collections;
 pub mod delta;

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod bus;
 pub mod conformance;
 pub mod faults;
 pub mod orderbook;
