@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use electric_core::bus::{
-    headers, BusClient, BusError, ConsumeConfig, InitialPosition, MemoryBus, OutMessage,
-    ProducerOptions, SubscribeOptions, UndecodablePolicy,
+    headers, Bus, BusClient, BusError, BusResult, ConsumeConfig, InitialPosition, MemoryBus,
+    MessageId, OutMessage, ProducerBackend, ProducerOptions, PublishFuture, RawSubscription,
+    Receipt, SubscribeOptions, UndecodablePolicy,
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -192,9 +193,63 @@ async fn producers_are_cached_per_topic_and_disposed() {
     assert!(matches!(err, BusError::InvalidConfig(_)), "{err}");
 }
 
+/// A bus whose broker answers a publish only when the test says so.
+struct HeldBus {
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl Bus for HeldBus {
+    fn backend(&self) -> &'static str {
+        "held"
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        1024
+    }
+
+    async fn open_producer(
+        &self,
+        _topic: &str,
+        _options: &ProducerOptions,
+    ) -> BusResult<Arc<dyn ProducerBackend>> {
+        Ok(Arc::new(HeldProducer(self.release.clone())))
+    }
+
+    async fn subscribe(&self, _options: &SubscribeOptions) -> BusResult<RawSubscription> {
+        Err(BusError::InvalidConfig(
+            "held bus has no subscriptions".into(),
+        ))
+    }
+
+    async fn close(&self) -> BusResult<()> {
+        Ok(())
+    }
+}
+
+struct HeldProducer(Arc<tokio::sync::Semaphore>);
+
+#[async_trait::async_trait]
+impl ProducerBackend for HeldProducer {
+    async fn send(&self, _message: OutMessage) -> BusResult<PublishFuture> {
+        let release = self.0.clone();
+        Ok(Box::pin(async move {
+            release.acquire().await.unwrap().forget();
+            Ok(Receipt::new(MessageId::Sequence(1)))
+        }))
+    }
+
+    async fn close(&self) -> BusResult<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn in_flight_publishes_are_bounded() {
-    let bus = BusClient::new(MemoryBus::new());
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let bus = BusClient::new(HeldBus {
+        release: release.clone(),
+    });
     let producer = bus
         .producer(
             "t",
@@ -209,14 +264,29 @@ async fn in_flight_publishes_are_bounded() {
     assert_eq!(producer.in_flight(), 2);
     let err = producer.send(OutMessage::new("3")).await.unwrap_err();
     assert!(matches!(err, BusError::Backpressure { .. }), "{err}");
-    first.await.unwrap();
-    assert_eq!(producer.in_flight(), 1);
-    producer
-        .send(OutMessage::new("3"))
+    // The broker answers one: its place is free even though nobody awaited the answer yet.
+    release.add_permits(1);
+    let third = tokio::time::timeout(Duration::from_secs(10), producer.send(OutMessage::new("3")))
         .await
         .unwrap()
-        .await
         .unwrap();
-    second.await.unwrap();
+    release.add_permits(2);
+    for p in [first, second, third] {
+        p.await.unwrap();
+    }
     assert_eq!(producer.in_flight(), 0);
+    let err = producer
+        .send(OutMessage::new(vec![0u8; 1025]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BusError::TooLarge {
+                size: 1025,
+                limit: 1024
+            }
+        ),
+        "{err}"
+    );
 }

@@ -16,14 +16,14 @@ use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{Codec, DecodeError};
 use super::error::{BusError, BusResult};
 use super::message::{headers, Delivery, Message, OutMessage, Receipt};
 use super::options::{ProducerOptions, SubscribeOptions, UndecodablePolicy};
-use super::{validate_name, Bus, ProducerBackend, PublishFuture, MAX_HEADER_BYTES};
+use super::{validate_name, Bus, ProducerBackend, MAX_HEADER_BYTES};
 use crate::collections::{panic_message, BoxError};
 
 /// An application's handle on a bus: cheap to clone, shared by every task.
@@ -644,7 +644,7 @@ impl Producer {
 
     /// Hands `message` to the client once there is room among the in-flight publishes, and
     /// returns the pending answer; await it (or drop it: the message is still sent). Use this
-    /// to keep many publishes in flight from one task.
+    /// to keep many publishes in flight from one task. Must be called within a tokio runtime.
     ///
     /// # Errors
     ///
@@ -696,10 +696,15 @@ impl Producer {
                 .insert(headers::CONTENT_ENCODING, codec.name());
         }
         let answer = inner.backend.send(message).await?;
-        Ok(PendingPublish {
-            answer,
-            _permit: permit,
-        })
+        // The answer is awaited on its own task, so the in-flight place is given back when the
+        // broker answers, whether or not (or however late) the caller awaits it.
+        let topic = inner.topic.clone();
+        let task = tokio::spawn(async move {
+            let receipt = answer.await;
+            drop(permit);
+            receipt
+        });
+        Ok(PendingPublish { task, topic })
     }
 
     /// Publishes bytes.
@@ -736,18 +741,26 @@ impl Producer {
     }
 }
 
-/// A publish handed to the client, awaiting the broker's answer ([`Producer::send`]). It holds
-/// one of the producer's in-flight places until it resolves or is dropped.
+/// A publish handed to the client, awaiting the broker's answer ([`Producer::send`]). The
+/// answer is awaited in the background: the publish holds one of the producer's in-flight
+/// places until the broker answers, and dropping this only forgoes the answer.
 pub struct PendingPublish {
-    answer: PublishFuture,
-    _permit: OwnedSemaphorePermit,
+    task: tokio::task::JoinHandle<BusResult<Receipt>>,
+    topic: String,
 }
 
 impl Future for PendingPublish {
     type Output = BusResult<Receipt>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.answer.poll_unpin(cx)
+        self.task.poll_unpin(cx).map(|joined| {
+            joined.unwrap_or_else(|e| {
+                Err(BusError::Indeterminate {
+                    topic: self.topic.clone(),
+                    reason: format!("the task awaiting the answer ended: {e}"),
+                })
+            })
+        })
     }
 }
 

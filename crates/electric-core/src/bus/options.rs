@@ -60,9 +60,9 @@ impl ProducerOptions {
 }
 
 /// How the consumers of one subscription share its messages (the original's Pulsar
-/// subscription types).
+/// subscription types). Exhaustive on purpose: every backend must say what each kind means on
+/// it, so a new kind is a breaking change rather than one a backend silently mishandles.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum SubscriptionKind {
     /// One consumer at a time; another is refused with
     /// [`BusError::SubscriptionBusy`](super::BusError::SubscriptionBusy).
@@ -85,9 +85,8 @@ impl SubscriptionKind {
     }
 }
 
-/// Where a subscription that does not exist yet starts.
+/// Where a subscription that does not exist yet starts (exhaustive, as [`SubscriptionKind`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum InitialPosition {
     /// Only messages published from now on (the original's default).
     #[default]
