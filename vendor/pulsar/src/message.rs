@@ -597,7 +597,9 @@ impl BatchedMessage {
 
 pub mod proto {
     #![allow(clippy::all)]
-    include!(concat!(env!("OUT_DIR"), "/pulsar.proto.rs"));
+    // electric patch: generated once from PulsarApi.proto (prost-build 0.13.5, protoc 3.21.12) and
+    // checked in, so building needs no protoc; see ELECTRIC-PATCHES.md.
+    include!("pulsar.proto.rs");
 
     //trait implementations used in Consumer::unacked_messages
     impl Eq for MessageIdData {}

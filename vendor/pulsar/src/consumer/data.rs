@@ -8,7 +8,8 @@ use crate::{
     Error, Executor, Payload,
 };
 
-pub type MessageIdDataReceiver = mpsc::Receiver<Result<(MessageIdData, Payload), Error>>;
+/// electric patch: each message travels with the broker's redelivery count.
+pub type MessageIdDataReceiver = mpsc::Receiver<Result<(MessageIdData, Payload, u32), Error>>;
 
 pub enum EngineEvent<Exe: Executor> {
     Message(Option<RawMessage>),

@@ -40,7 +40,7 @@ pub struct ConsumerEngine<Exe: Executor> {
     sub_type: SubType,
     id: u64,
     name: Option<String>,
-    tx: mpsc::Sender<Result<(MessageIdData, Payload), Error>>,
+    tx: mpsc::Sender<Result<(MessageIdData, Payload, u32), Error>>,
     messages_rx: Option<mpsc::UnboundedReceiver<RawMessage>>,
     engine_rx: Option<mpsc::UnboundedReceiver<EngineMessage<Exe>>>,
     event_rx: mpsc::UnboundedReceiver<EngineEvent<Exe>>,
@@ -63,7 +63,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
         sub_type: SubType,
         id: u64,
         name: Option<String>,
-        tx: mpsc::Sender<Result<(MessageIdData, Payload), Error>>,
+        tx: mpsc::Sender<Result<(MessageIdData, Payload, u32), Error>>,
         messages_rx: mpsc::UnboundedReceiver<RawMessage>,
         engine_rx: mpsc::UnboundedReceiver<EngineMessage<Exe>>,
         batch_size: u32,
@@ -523,11 +523,20 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
                 {
                     use std::io::Read;
 
-                    let mut decompressed_payload = Vec::new();
-                    let mut decoder = snap::read::FrameDecoder::new(&payload.data[..]);
-                    decoder
-                        .read_to_end(&mut decompressed_payload)
-                        .map_err(ConsumerError::Io)?;
+                    // electric patch: Pulsar's Snappy is a raw block (Java, C++, .NET); the
+                    // framed format is still read, for what unpatched pulsar-rs producers wrote.
+                    const FRAMED: &[u8] = b"\xff\x06\x00\x00sNaPpY";
+                    let decompressed_payload = if payload.data.starts_with(FRAMED) {
+                        let mut out = Vec::new();
+                        snap::read::FrameDecoder::new(&payload.data[..])
+                            .read_to_end(&mut out)
+                            .map_err(ConsumerError::Io)?;
+                        out
+                    } else {
+                        snap::raw::Decoder::new()
+                            .decompress_vec(&payload.data[..])
+                            .map_err(|e| ConsumerError::Io(std::io::Error::other(e)))?
+                    };
 
                     payload.data = decompressed_payload;
                     payload
@@ -595,7 +604,11 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
 
                     self.ack(message_id, false).await;
                 }
-                _ => self.send_to_consumer(message_id, payload).await?,
+                _ => {
+                    let redeliveries = message.redelivery_count.unwrap_or(0);
+                    self.send_to_consumer(message_id, payload, redeliveries)
+                        .await?
+                }
             }
         }
         Ok(())
@@ -606,10 +619,11 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
         &mut self,
         message_id: MessageIdData,
         payload: Payload,
+        redeliveries: u32,
     ) -> Result<(), Error> {
         let now = Instant::now();
         self.tx
-            .send(Ok((message_id.clone(), payload)))
+            .send(Ok((message_id.clone(), payload, redeliveries)))
             .await
             .map_err(|e| {
                 error!("tx returned {:?}", e);

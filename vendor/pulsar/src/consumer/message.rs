@@ -19,6 +19,8 @@ pub struct Message<T> {
     pub payload: Payload,
     /// contains the message's id and batch size data
     pub message_id: MessageData,
+    /// electric patch: how many times the broker delivered this message before
+    pub redelivery_count: u32,
     pub(super) _phantom: PhantomData<T>,
 }
 
@@ -28,6 +30,7 @@ impl<T> Message<T> {
             topic: topic.to_string(),
             message_id,
             payload,
+            redelivery_count: 0,
             _phantom: PhantomData,
         }
     }

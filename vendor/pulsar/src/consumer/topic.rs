@@ -295,12 +295,19 @@ impl<T: DeserializeMessage, Exe: Executor> TopicConsumer<T, Exe> {
     }
 
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
-    fn create_message(&self, message_id: MessageIdData, payload: Payload) -> Message<T> {
+    fn create_message(
+        &self,
+        message_id: MessageIdData,
+        payload: Payload,
+        redeliveries: u32,
+    ) -> Message<T> {
         let message_id = MessageData {
             id: message_id,
             batch_size: payload.metadata.num_messages_in_batch,
         };
-        Message::new(&self.topic, message_id, payload)
+        let mut message = Message::new(&self.topic, message_id, payload);
+        message.redelivery_count = redeliveries;
+        message
     }
 
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
@@ -322,10 +329,10 @@ impl<T: DeserializeMessage, Exe: Executor> Stream for TopicConsumer<T, Exe> {
         match self.messages.as_mut().poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Ready(Some(Ok((id, payload)))) => {
+            Poll::Ready(Some(Ok((id, payload, redeliveries)))) => {
                 self.last_message_received = Some(Utc::now());
                 self.messages_received += 1;
-                Poll::Ready(Some(Ok(self.create_message(id, payload))))
+                Poll::Ready(Some(Ok(self.create_message(id, payload, redeliveries))))
             }
             Poll::Ready(Some(Err(e))) => {
                 error!("we are using in the single-consumer and we got an error, {e}");
