@@ -675,6 +675,7 @@ impl Reader {
                 let next = tokio::select! {
                     () = self.cancel.cancelled() => return,
                     () = wait_lost(&lost) => {
+                        self.buffered.fetch_add(1, Ordering::Relaxed);
                         let _ = self.tx.send(Err(BusError::SubscriptionBusy {
                             topic: self.topic.clone(),
                             subscription: self.consumer.cached_info().name.clone(),
