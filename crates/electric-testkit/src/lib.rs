@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod bus;
+pub mod bus_flows;
 pub mod conformance;
 pub mod faults;
 pub mod orderbook;

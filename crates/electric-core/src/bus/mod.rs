@@ -61,6 +61,7 @@
 mod client;
 pub mod codec;
 mod error;
+pub mod export;
 mod memory;
 mod message;
 mod options;
