@@ -14,11 +14,13 @@ pub fn redis_url() -> String {
     services::service_url("REDIS", "redis://127.0.0.1:6379")
 }
 
-/// The cluster seed URLs under test (comma-separated), if configured.
-pub fn cluster_url() -> Option<String> {
-    std::env::var("ELECTRIC_TEST_REDIS_CLUSTER_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
+/// The cluster seed URLs under test (comma-separated): `ELECTRIC_TEST_REDIS_CLUSTER_URL`, or the
+/// cluster `.ci/services up` starts on 7101-7103.
+pub fn cluster_url() -> String {
+    services::service_url(
+        "REDIS_CLUSTER",
+        "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103",
+    )
 }
 
 /// A store in a fresh namespace on `url`, or `None` (skipping, or failing when services are
@@ -46,16 +48,7 @@ pub async fn single(log_capacity: usize) -> Option<RedisStore> {
 
 /// A cluster store in a fresh namespace.
 pub async fn cluster(log_capacity: usize) -> Option<RedisStore> {
-    match cluster_url() {
-        Some(url) => store_at(&url, "redis cluster", log_capacity).await,
-        None => {
-            services::skip_or_fail(
-                "redis cluster",
-                "ELECTRIC_TEST_REDIS_CLUSTER_URL is not set (.ci/run starts one)",
-            );
-            None
-        }
-    }
+    store_at(&cluster_url(), "redis cluster", log_capacity).await
 }
 
 /// A conformance subject plus the cleanup deleting its namespace.
