@@ -14,11 +14,13 @@ pub fn redis_url() -> String {
     services::service_url("REDIS", "redis://127.0.0.1:6379")
 }
 
-/// The cluster seed URLs under test (comma-separated), if configured.
-pub fn cluster_url() -> Option<String> {
-    std::env::var("ELECTRIC_TEST_REDIS_CLUSTER_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
+/// The cluster seed URLs under test (comma-separated): `ELECTRIC_TEST_REDIS_CLUSTER_URL`, or the
+/// cluster `.ci/services up` starts on 7101-7103.
+pub fn cluster_url() -> String {
+    services::service_url(
+        "REDIS_CLUSTER",
+        "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103",
+    )
 }
 
 /// A store in a fresh namespace on `url`, or `None` (skipping, or failing when services are
@@ -46,16 +48,7 @@ pub async fn single(log_capacity: usize) -> Option<RedisStore> {
 
 /// A cluster store in a fresh namespace.
 pub async fn cluster(log_capacity: usize) -> Option<RedisStore> {
-    match cluster_url() {
-        Some(url) => store_at(&url, "redis cluster", log_capacity).await,
-        None => {
-            services::skip_or_fail(
-                "redis cluster",
-                "ELECTRIC_TEST_REDIS_CLUSTER_URL is not set (.ci/run starts one)",
-            );
-            None
-        }
-    }
+    store_at(&cluster_url(), "redis cluster", log_capacity).await
 }
 
 /// A conformance subject plus the cleanup deleting its namespace.
@@ -78,16 +71,31 @@ pub fn conformance_subject(
 pub struct PrivateRedis {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// Extra `redis-server` arguments (e.g. `--requirepass`).
+    extra: Vec<String>,
+    /// Whether `port` is a TLS port (the plain port is then off).
+    tls: bool,
 }
 
 impl PrivateRedis {
     /// Starts one, or `None` (skip, or fail when services are required) without `redis-server`.
     pub async fn start() -> Option<PrivateRedis> {
+        Self::start_with(Vec::new(), false).await
+    }
+
+    /// Starts one with extra `redis-server` arguments; with `tls`, its port is a TLS port (the
+    /// arguments must then name the certificate files) and the plain port is off.
+    pub async fn start_with(extra: Vec<String>, tls: bool) -> Option<PrivateRedis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let mut r = PrivateRedis { port, child: None };
+        let mut r = PrivateRedis {
+            port,
+            child: None,
+            extra,
+            tls,
+        };
         if let Err(e) = r.spawn().await {
             services::skip_or_fail("redis-server binary", &e);
             return None;
@@ -95,15 +103,24 @@ impl PrivateRedis {
         Some(r)
     }
 
-    /// The server's URL.
+    /// The server's URL (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     async fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port.to_string();
+        let ports = if self.tls {
+            vec!["--port", "0", "--tls-port", &port]
+        } else {
+            vec!["--port", &port]
+        };
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
