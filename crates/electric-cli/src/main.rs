@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bus_cmds;
 mod demo;
 mod redis_cmds;
 
@@ -39,6 +40,8 @@ enum Command {
     Hammer(redis_cmds::HammerArgs),
     /// Measure the Redis store: raw commit script, update, load, delivery latency and rate.
     Bench(bench::BenchArgs),
+    /// The message bus (NATS JetStream, Pulsar, in-memory): publish, consume, bench.
+    Bus(bus_cmds::BusArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
             Command::Watch(args) => redis_cmds::watch(args).await,
             Command::Hammer(args) => redis_cmds::hammer(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Bus(args) => bus_cmds::run(args).await,
         }
     });
     match result {

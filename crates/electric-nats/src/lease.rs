@@ -82,6 +82,20 @@ impl Lease {
         }
     }
 
+    /// Takes the lease if it is free or becomes free within `grace`.
+    pub(crate) async fn try_acquire_within(&self, grace: Duration) -> BusResult<bool> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            if self.try_acquire().await? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the lease is ours (`true`) or the subscription closes (`false`).
     pub(crate) async fn acquire(&self) -> bool {
         loop {

@@ -49,6 +49,8 @@
 
 mod lease;
 
+pub use async_nats;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -84,6 +86,10 @@ pub const HEADER_RESERVE: usize = 16 * 1024;
 pub const KEY_HEADER: &str = "electric-key";
 
 const NATS_MSG_ID: &str = "Nats-Msg-Id";
+
+/// How long an exclusive subscribe waits for a lease that is held: a consumer closed a moment
+/// ago releases its lease in the background.
+const EXCLUSIVE_GRACE: Duration = Duration::from_secs(2);
 
 /// Builder of a [`NatsBus`]; [`NatsBus::builder`].
 #[derive(Clone, Debug)]
@@ -584,7 +590,9 @@ impl Bus for NatsBus {
                 let store = self.leases().await?.clone();
                 let key = format!("{stream_name}.{name}");
                 let lease = Lease::new(store, key, self.inner.config.lease_ttl, cancel.clone());
-                if kind == SubscriptionKind::Exclusive && !lease.try_acquire().await? {
+                if kind == SubscriptionKind::Exclusive
+                    && !lease.try_acquire_within(EXCLUSIVE_GRACE).await?
+                {
                     return Err(BusError::SubscriptionBusy {
                         topic: options.topic.clone(),
                         subscription: name.clone(),
@@ -671,42 +679,56 @@ impl Reader {
                 }
             };
             delay = Duration::from_millis(100);
-            loop {
-                let next = tokio::select! {
-                    () = self.cancel.cancelled() => return,
-                    () = wait_lost(&lost) => {
-                        self.buffered.fetch_add(1, Ordering::Relaxed);
-                        let _ = self.tx.send(Err(BusError::SubscriptionBusy {
-                            topic: self.topic.clone(),
-                            subscription: self.consumer.cached_info().name.clone(),
-                        })).await;
-                        return;
-                    }
-                    n = messages.next() => n,
-                };
-                let item = match next {
-                    None => break,
-                    Some(Ok(m)) => Ok(self.delivery(m)),
-                    Some(Err(e)) => {
-                        use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-                        match e.kind() {
-                            // Transient: the stream recovers (or is re-created below).
-                            K::MissingHeartbeat | K::Pull | K::Other => {
-                                tracing::debug!(topic = %self.topic, error = %e, "nats pull interrupted");
-                                continue;
-                            }
-                            _ => {
-                                tracing::warn!(topic = %self.topic, error = %e, "nats consumer stream failed; re-creating");
-                                break;
-                            }
+            let stop = self.pump(&mut messages, &lost).await;
+            // Messages the client already received for this reader go back at once; left
+            // alone they would wait out the ack timeout.
+            release(&mut messages).await;
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Moves deliveries from `messages` to the subscription until it must be re-created
+    /// (`false`) or the reader must stop (`true`).
+    async fn pump(&self, messages: &mut pull::Stream, lost: &Option<CancellationToken>) -> bool {
+        loop {
+            let next = tokio::select! {
+                () = self.cancel.cancelled() => return true,
+                () = wait_lost(lost) => {
+                    self.buffered.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.tx.send(Err(BusError::SubscriptionBusy {
+                        topic: self.topic.clone(),
+                        subscription: self.consumer.cached_info().name.clone(),
+                    })).await;
+                    return true;
+                }
+                n = messages.next() => n,
+            };
+            let item = match next {
+                None => return false,
+                Some(Ok(m)) => Ok(self.delivery(m)),
+                Some(Err(e)) => {
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+                    match e.kind() {
+                        // Transient: the stream recovers (or is re-created).
+                        K::MissingHeartbeat | K::Pull | K::Other => {
+                            tracing::debug!(topic = %self.topic, error = %e, "nats pull interrupted");
+                            continue;
+                        }
+                        _ => {
+                            tracing::warn!(topic = %self.topic, error = %e, "nats consumer stream failed; re-creating");
+                            return false;
                         }
                     }
-                };
-                self.buffered.fetch_add(1, Ordering::Relaxed);
-                if self.tx.send(item).await.is_err() {
-                    self.buffered.fetch_sub(1, Ordering::Relaxed);
-                    return;
                 }
+            };
+            self.buffered.fetch_add(1, Ordering::Relaxed);
+            // Fails only when the subscription was dropped; the delivery, dropped with the
+            // error, asks for its redelivery.
+            if self.tx.send(item).await.is_err() {
+                self.buffered.fetch_sub(1, Ordering::Relaxed);
+                return true;
             }
         }
     }
@@ -734,6 +756,19 @@ impl Reader {
             }
         }
         Delivery::new(message, Acker::new(Box::new(NatsAck(acker))))
+    }
+}
+
+/// Negatively acknowledges what `messages` already holds, without waiting for more (bounded:
+/// at most a batch is buffered, and the naks get one second).
+async fn release(messages: &mut pull::Stream) {
+    let mut naks = Vec::new();
+    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+        naks.push(async move { m.ack_with(AckKind::Nak(None)).await });
+    }
+    if !naks.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), futures_util::future::join_all(naks))
+            .await;
     }
 }
 

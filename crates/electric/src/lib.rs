@@ -5,7 +5,8 @@
 //! late or disconnected replicas catch up and version gaps are repaired.
 //!
 //! This is the facade crate: it re-exports [`electric_core`]. Backend adapters are enabled by
-//! features: `redis` adds `redis::RedisStore`; NATS, Pulsar and PostgreSQL will follow.
+//! features: `redis` adds `redis::RedisStore`, `nats` adds `nats::NatsBus`, `pulsar` adds
+//! `pulsar::PulsarBus`; PostgreSQL will follow.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
@@ -42,6 +43,18 @@
 #![warn(missing_docs)]
 
 pub use electric_core::*;
+
+/// The NATS JetStream bus (feature `nats`): re-exports [`electric_nats`].
+#[cfg(feature = "nats")]
+pub mod nats {
+    pub use electric_nats::*;
+}
+
+/// The Apache Pulsar bus (feature `pulsar`): re-exports [`electric_pulsar`].
+#[cfg(feature = "pulsar")]
+pub mod pulsar {
+    pub use electric_pulsar::*;
+}
 
 /// The Redis store (feature `redis`): re-exports [`electric_redis`].
 #[cfg(feature = "redis")]
