@@ -39,6 +39,16 @@
 //! then it fails with [`BusError::Indeterminate`]. The connection itself reconnects without end
 //! (async-nats); a publish or subscribe made while it is down waits for it up to those deadlines.
 //!
+//! # Consumers that go away
+//!
+//! A pull request JetStream 2.9 received from a consumer stays on the server until it expires
+//! (30 s), even after the consumer closed. Messages the server hands to such a request, and
+//! messages the client had buffered for the closed consumer, are redelivered once
+//! [`SubscribeOptions::ack_timeout`] passes (the reader negatively acknowledges what it still
+//! holds when it closes, so those come back at once). A new consumer of the subscription may
+//! therefore see a few messages later than their neighbours: set the ack timeout to what a
+//! handover may cost.
+//!
 //! # Start
 //!
 //! [`NatsBus::connect`] retries an unreachable server with jittered exponential backoff until
