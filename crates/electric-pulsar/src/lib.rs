@@ -31,6 +31,7 @@
 //! | ack timeout | the client's unacked-message redelivery delay |
 //! | key, headers | partition key, message properties |
 //! | ack / nack(delay) / term | ack / redeliver after the delay / ack (Pulsar has no "terminate") |
+//! | redelivery count | the broker's (shared subscriptions), or at least the nacks this consumer sent (the broker counts none on exclusive and failover subscriptions) |
 //! | message id | ledger, entry, partition, batch index |
 //!
 //! A Pulsar consumer is acked through `&mut` in the `pulsar` crate, so each subscription runs
@@ -110,8 +111,9 @@ impl PulsarBusBuilder {
         self
     }
 
-    /// The broker's `maxMessageSize` (default 5 MiB); the bus's maximum payload is this less
-    /// [`METADATA_RESERVE`].
+    /// The broker's `maxMessageSize` (default 5 MiB). The bus's maximum payload is what still
+    /// fits after [`METADATA_RESERVE`] and the worst case of any codec (Snappy grows
+    /// incompressible data by a sixth): 4,479,822 bytes for the default.
     #[must_use]
     pub fn broker_max_message_bytes(mut self, n: usize) -> Self {
         self.broker_max_message_bytes = n;
@@ -179,6 +181,13 @@ impl PulsarBusBuilder {
             }),
         })
     }
+}
+
+/// The largest payload whose compressed form fits the broker's limit with every codec: the
+/// `pulsar` crate compresses inside the producer, so the worst case is assumed (Snappy:
+/// `32 + n + n / 6` bytes for `n` incompressible ones).
+fn max_payload(broker_max: usize) -> usize {
+    (broker_max - METADATA_RESERVE - 32) / 7 * 6
 }
 
 /// `pulsar://host:port` or `pulsar+ssl://host:port`, comma-separated hosts allowed.
@@ -338,7 +347,7 @@ impl Bus for PulsarBus {
     }
 
     fn max_message_bytes(&self) -> usize {
-        self.inner.config.broker_max_message_bytes - METADATA_RESERVE
+        max_payload(self.inner.config.broker_max_message_bytes)
     }
 
     fn native_compression(&self) -> bool {
@@ -418,6 +427,7 @@ impl Bus for PulsarBus {
         let cancel = self.inner.closed.child_token();
         let actor = ConsumerActor {
             consumer,
+            nacked: HashMap::new(),
             topic: options.topic.clone(),
             pulsar_topic: name,
             cmd_rx,
@@ -456,6 +466,9 @@ enum Command {
 /// Owns one consumer: reads into the subscription's bounded queue and applies settlements.
 struct ConsumerActor {
     consumer: Consumer,
+    /// Nacks this consumer sent, per message not yet acked: the broker counts redeliveries
+    /// only on shared subscriptions. Bounded by [`MAX_LOCAL_COUNTS`].
+    nacked: HashMap<(u64, u64, i32, i32), u32>,
     topic: String,
     pulsar_topic: String,
     cmd_rx: mpsc::Receiver<Command>,
@@ -464,11 +477,33 @@ struct ConsumerActor {
     cancel: CancellationToken,
 }
 
+/// Most messages whose nacks a consumer counts itself; past it the counts start over (a
+/// redelivery count then reads low, never high).
+const MAX_LOCAL_COUNTS: usize = 65_536;
+
+fn id_key(id: &MessageIdData) -> (u64, u64, i32, i32) {
+    (
+        id.ledger_id,
+        id.entry_id,
+        id.partition.unwrap_or(-1),
+        id.batch_index.unwrap_or(-1),
+    )
+}
+
 impl ConsumerActor {
     async fn apply(&mut self, cmd: Command) {
         let result = match cmd {
-            Command::Ack(id) => self.consumer.ack_with_id(&self.pulsar_topic, id).await,
-            Command::Nack(id) => self.consumer.nack_with_id(&self.pulsar_topic, id).await,
+            Command::Ack(id) => {
+                self.nacked.remove(&id_key(&id));
+                self.consumer.ack_with_id(&self.pulsar_topic, id).await
+            }
+            Command::Nack(id) => {
+                if self.nacked.len() >= MAX_LOCAL_COUNTS {
+                    self.nacked.clear();
+                }
+                *self.nacked.entry(id_key(&id)).or_default() += 1;
+                self.consumer.nack_with_id(&self.pulsar_topic, id).await
+            }
         };
         if let Err(e) = result {
             tracing::warn!(topic = %self.topic, error = %e, "pulsar settlement failed; the ack timeout redelivers");
@@ -523,7 +558,8 @@ impl ConsumerActor {
         let id = m.message_id.id.clone();
         let metadata = &m.payload.metadata;
         let mut message = Message::new(self.topic.clone(), message_id(&id), m.payload.data.clone());
-        message.redelivery_count = m.redelivery_count;
+        let local = self.nacked.get(&id_key(&id)).copied().unwrap_or(0);
+        message.redelivery_count = m.redelivery_count.max(local);
         message.key = metadata.partition_key.clone();
         for kv in &metadata.properties {
             message.headers.insert(kv.key.clone(), kv.value.clone());
@@ -663,6 +699,13 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_maximum_payload_fits_with_any_codec() {
+        let max = max_payload(DEFAULT_BROKER_MAX_MESSAGE_BYTES);
+        assert_eq!(max, 4_479_822);
+        assert!(32 + max + max / 6 + METADATA_RESERVE <= DEFAULT_BROKER_MAX_MESSAGE_BYTES);
     }
 
     #[test]

@@ -690,10 +690,14 @@ impl Producer {
                     codec: codec.name(),
                     reason: e.to_string(),
                 })?;
-            message.payload = Bytes::from(encoded);
-            message
-                .headers
-                .insert(headers::CONTENT_ENCODING, codec.name());
+            // Compression that does not shrink the payload is skipped (so the wire size never
+            // exceeds the payload's): the message goes uncompressed, without the header.
+            if encoded.len() < message.payload.len() {
+                message.payload = Bytes::from(encoded);
+                message
+                    .headers
+                    .insert(headers::CONTENT_ENCODING, codec.name());
+            }
         }
         let answer = inner.backend.send(message).await?;
         // The answer is awaited on its own task, so the in-flight place is given back when the
