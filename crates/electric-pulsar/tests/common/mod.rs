@@ -76,3 +76,181 @@ pub fn delete_topics(admin: &str, prefix: &str) {
             .output();
     }
 }
+
+/// A private Pulsar 3.0.7 standalone (broker and bookie in one JVM) on ports 7350 (broker),
+/// 7351 (admin), 7352 (bookie), with its own data directory; stopped by its PID on drop. Its
+/// classpath comes from `tests/pulsar/pom.xml`, resolved offline from `~/.m2` (where the shared
+/// broker's resolution put the jars), online if that fails.
+pub struct PrivatePulsar {
+    child: Option<std::process::Child>,
+    dir: std::path::PathBuf,
+    classpath: String,
+}
+
+const BROKER_PORT: u16 = 7350;
+const WEB_PORT: u16 = 7351;
+const BOOKIE_PORT: u16 = 7352;
+
+impl PrivatePulsar {
+    /// Starts one and waits until it serves `public/default`, or returns `None` (after
+    /// printing why) when Java, Maven or the jars are missing.
+    pub async fn start() -> Option<Self> {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pulsar");
+        let dir = std::env::temp_dir().join(format!("electric-pulsar-{:x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let cp = dir.join("cp.txt");
+        let resolve = |offline: bool| {
+            let mut c = Command::new("mvn");
+            if offline {
+                c.arg("-o");
+            }
+            c.args(["-B", "-q", "-s"])
+                .arg(here.join("settings.xml"))
+                .arg("-f")
+                .arg(here.join("pom.xml"))
+                .arg("dependency:build-classpath")
+                .arg(format!("-Dmdep.outputFile={}", cp.display()))
+                .arg("-Dmdep.includeScope=runtime")
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !(resolve(true) || resolve(false)) {
+            skip_or_fail("private Pulsar", "mvn could not resolve the broker's classpath");
+            return None;
+        }
+        let classpath = std::fs::read_to_string(&cp).ok()?;
+        let conf = format!(
+            "clusterName=standalone\nbindAddress=127.0.0.1\nadvertisedAddress=127.0.0.1\n\
+             brokerServicePort={BROKER_PORT}\nwebServicePort={WEB_PORT}\n\
+             listeningInterface=lo\nallowEphemeralPorts=true\n\
+             managedLedgerDefaultEnsembleSize=1\nmanagedLedgerDefaultWriteQuorum=1\nmanagedLedgerDefaultAckQuorum=1\n\
+             allowAutoTopicCreation=true\nallowAutoTopicCreationType=non-partitioned\n\
+             brokerDeleteInactiveTopicsEnabled=false\nfunctionsWorkerEnabled=false\n\
+             transactionCoordinatorEnabled=false\nloadBalancerOverrideBrokerNicSpeedGbps=1\n"
+        );
+        std::fs::write(dir.join("standalone.conf"), conf).ok()?;
+        std::fs::write(
+            dir.join("log4j2.properties"),
+            "appender.c.type = Console\nappender.c.name = C\nappender.c.layout.type = PatternLayout\n\
+             appender.c.layout.pattern = %d %p %c{1} - %m%n\nrootLogger.level = info\nrootLogger.appenderRef.c.ref = C\n",
+        )
+        .ok()?;
+        let mut me = Self {
+            child: None,
+            dir,
+            classpath,
+        };
+        if let Err(e) = me.spawn(true).await {
+            skip_or_fail("private Pulsar", &e);
+            return None;
+        }
+        Some(me)
+    }
+
+    /// Its service URL.
+    pub fn url(&self) -> String {
+        format!("pulsar://127.0.0.1:{BROKER_PORT}")
+    }
+
+    /// Its admin URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{WEB_PORT}")
+    }
+
+    async fn spawn(&mut self, wipe: bool) -> Result<(), String> {
+        let d = &self.dir;
+        let log = std::fs::File::create(d.join(if wipe { "pulsar.log" } else { "pulsar-restart.log" }))
+            .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("java");
+        cmd.args([
+            "-Xms256m",
+            "-Xmx640m",
+            "-XX:MaxDirectMemorySize=512m",
+            "-Djava.net.preferIPv4Stack=true",
+            "-Dio.netty.tryReflectionSetAccessible=true",
+            "--add-opens",
+            "java.base/java.io=ALL-UNNAMED",
+            "--add-opens",
+            "java.base/java.util.zip=ALL-UNNAMED",
+            "--add-opens",
+            "java.base/java.nio=ALL-UNNAMED",
+            "--add-opens",
+            "java.base/jdk.internal.misc=ALL-UNNAMED",
+            "--add-opens",
+            "java.base/sun.net=ALL-UNNAMED",
+            "--add-opens",
+            "java.management/sun.management=ALL-UNNAMED",
+            "-Dbookkeeper.metadata.bookie.drivers=org.apache.pulsar.metadata.bookkeeper.PulsarMetadataBookieDriver",
+            "-Dbookkeeper.metadata.client.drivers=org.apache.pulsar.metadata.bookkeeper.PulsarMetadataClientDriver",
+            "-Dlog4j2.is.webapp=false",
+            "-Dlog4j.shutdownHookEnabled=false",
+        ])
+        .arg(format!("-Dlog4j.configurationFile={}", d.join("log4j2.properties").display()))
+        .arg(format!("-Djava.io.tmpdir={}", d.display()))
+        .arg("-cp")
+        .arg(self.classpath.trim())
+        .arg("org.apache.pulsar.PulsarStandaloneStarter")
+        .arg("--config")
+        .arg(d.join("standalone.conf"))
+        .args(["-nfw", "-nss", "-a", "127.0.0.1", "--bookkeeper-port", &BOOKIE_PORT.to_string()])
+        .arg("--metadata-dir")
+        .arg(d.join("metadata"))
+        .arg("--bookkeeper-dir")
+        .arg(d.join("bk"))
+        .current_dir(d)
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+        if wipe {
+            cmd.arg("--wipe-data");
+        }
+        self.child = Some(cmd.spawn().map_err(|e| format!("start java: {e}"))?);
+        let ready = format!("{}/admin/v2/namespaces/public", self.admin_url());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+        loop {
+            let out = Command::new("curl").args(["-sf", &ready]).output();
+            if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("public/default")) {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return Err(format!("the broker exited ({status}); see {}", d.display()));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("the broker did not start within 240 s; see {}", d.display()));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Stops the broker: SIGTERM by PID (its shutdown hook closes broker and bookie), SIGKILL
+    /// after 60 s.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the broker and starts it again on the same data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.spawn(false).await {
+            panic!("private Pulsar did not come back: {e}");
+        }
+    }
+}
+
+impl Drop for PrivatePulsar {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
