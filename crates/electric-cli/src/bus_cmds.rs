@@ -125,6 +125,10 @@ struct BenchArgs {
     /// Subscription prefetch (ours and the raw baseline's).
     #[arg(long, default_value_t = 256)]
     prefetch: usize,
+    /// Most messages each consume round reads (bounded by what was published, and kept well
+    /// inside a NATS stream's 1 GiB retention).
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
     /// Messages per second for `e2e`.
     #[arg(long, default_value_t = 5_000)]
     rate: u64,
@@ -876,7 +880,7 @@ async fn run_bench(ctx: &BenchCtx) -> anyhow::Result<(Report, Vec<CodecRow>)> {
         }
     }
     // Each side consumes what was published on its topic, in rounds of equal counts.
-    let per_round = publish.ops.min(publish_raw.ops).max(1);
+    let per_round = publish.ops.min(publish_raw.ops).min(a.messages).max(1);
     let (mut consume, mut consume_raw) = (Samples::default(), Samples::default());
     for round in 0..a.rounds {
         progress(&format!(

@@ -385,38 +385,7 @@ impl Bus for PulsarBus {
             return Err(BusError::Closed);
         }
         let name = self.topic_name(&options.topic)?;
-        let prefetch = u32::try_from(options.prefetch).unwrap_or(u32::MAX);
-        let consumer: Consumer = self
-            .inner
-            .client
-            .consumer()
-            .with_topic(&name)
-            .with_subscription(&options.subscription)
-            .with_subscription_type(match options.kind {
-                SubscriptionKind::Exclusive => SubType::Exclusive,
-                SubscriptionKind::Shared => SubType::Shared,
-                SubscriptionKind::Failover => SubType::Failover,
-            })
-            .with_batch_size(prefetch)
-            .with_unacked_message_resend_delay(Some(options.ack_timeout))
-            .with_options(ConsumerOptions {
-                durable: Some(true),
-                receiver_queue_size: Some(prefetch),
-                initial_position: match options.initial_position {
-                    InitialPosition::Earliest => PulsarPosition::Earliest,
-                    InitialPosition::Latest => PulsarPosition::Latest,
-                },
-                ..Default::default()
-            })
-            .build()
-            .await
-            .map_err(|e| match classify("subscribe", e) {
-                BusError::SubscriptionBusy { .. } => BusError::SubscriptionBusy {
-                    topic: options.topic.clone(),
-                    subscription: options.subscription.clone(),
-                },
-                other => other,
-            })?;
+        let consumer = build_consumer(&self.inner.client, &name, options).await?;
         let (tx, rx) = mpsc::channel(options.prefetch);
         // One command per delivery handed out, which the prefetch bounds on the broker's side
         // only loosely (deliveries held unsettled by the reader do not count), so the channel
@@ -427,6 +396,8 @@ impl Bus for PulsarBus {
         let cancel = self.inner.closed.child_token();
         let actor = ConsumerActor {
             consumer,
+            client: self.inner.client.clone(),
+            options: options.clone(),
             nacked: HashMap::new(),
             topic: options.topic.clone(),
             pulsar_topic: name,
@@ -458,6 +429,44 @@ impl Bus for PulsarBus {
     }
 }
 
+/// Subscribes a consumer of `options` on the Pulsar topic `name`.
+async fn build_consumer(
+    client: &Client,
+    name: &str,
+    options: &SubscribeOptions,
+) -> BusResult<Consumer> {
+    let prefetch = u32::try_from(options.prefetch).unwrap_or(u32::MAX);
+    client
+        .consumer()
+        .with_topic(name)
+        .with_subscription(&options.subscription)
+        .with_subscription_type(match options.kind {
+            SubscriptionKind::Exclusive => SubType::Exclusive,
+            SubscriptionKind::Shared => SubType::Shared,
+            SubscriptionKind::Failover => SubType::Failover,
+        })
+        .with_batch_size(prefetch)
+        .with_unacked_message_resend_delay(Some(options.ack_timeout))
+        .with_options(ConsumerOptions {
+            durable: Some(true),
+            receiver_queue_size: Some(prefetch),
+            initial_position: match options.initial_position {
+                InitialPosition::Earliest => PulsarPosition::Earliest,
+                InitialPosition::Latest => PulsarPosition::Latest,
+            },
+            ..Default::default()
+        })
+        .build()
+        .await
+        .map_err(|e| match classify("subscribe", e) {
+            BusError::SubscriptionBusy { .. } => BusError::SubscriptionBusy {
+                topic: options.topic.clone(),
+                subscription: options.subscription.clone(),
+            },
+            other => other,
+        })
+}
+
 enum Command {
     Ack(MessageIdData),
     Nack(MessageIdData),
@@ -466,6 +475,10 @@ enum Command {
 /// Owns one consumer: reads into the subscription's bounded queue and applies settlements.
 struct ConsumerActor {
     consumer: Consumer,
+    /// To subscribe again when the consumer ends (the broker went away for longer than the
+    /// crate's own reconnection tries).
+    client: Client,
+    options: SubscribeOptions,
     /// Nacks this consumer sent, per message not yet acked: the broker counts redeliveries
     /// only on shared subscriptions. Bounded by [`MAX_LOCAL_COUNTS`].
     nacked: HashMap<(u64, u64, i32, i32), u32>,
@@ -476,6 +489,9 @@ struct ConsumerActor {
     buffered: Arc<AtomicUsize>,
     cancel: CancellationToken,
 }
+
+/// Receive errors in a row after which a consumer is replaced by a new subscription.
+const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 
 /// Most messages whose nacks a consumer counts itself; past it the counts start over (a
 /// redelivery count then reads low, never high).
@@ -511,6 +527,7 @@ impl ConsumerActor {
     }
 
     async fn run(mut self, tx: mpsc::Sender<BusResult<Delivery>>) {
+        let mut failures = 0u32;
         'outer: loop {
             // Room in the reader's queue first, so nothing is taken from the broker that the
             // queue could not hold.
@@ -532,14 +549,37 @@ impl ConsumerActor {
                 }
             };
             let item = match next {
-                Some(Ok(m)) => Ok(self.delivery(m)),
-                Some(Err(e)) => Err(classify("receive", e)),
+                Some(Ok(m)) => {
+                    failures = 0;
+                    Ok(self.delivery(m))
+                }
+                Some(Err(e)) => {
+                    failures += 1;
+                    if failures >= MAX_CONSECUTIVE_FAILURES {
+                        // The crate's consumer does not always recover from a broker restart
+                        // (streamnative/pulsar-rs#189): start a new one.
+                        self.buffered.fetch_add(1, Ordering::Relaxed);
+                        permit.send(Err(classify("receive", e)));
+                        failures = 0;
+                        if !self.resubscribe().await {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(classify("receive", e))
+                }
                 None => {
                     self.buffered.fetch_add(1, Ordering::Relaxed);
                     permit.send(Err(BusError::Unavailable {
-                        reason: format!("pulsar consumer of {} ended", self.topic),
+                        reason: format!(
+                            "pulsar consumer of {} ended; subscribing again",
+                            self.topic
+                        ),
                     }));
-                    break;
+                    if !self.resubscribe().await {
+                        break;
+                    }
+                    continue;
                 }
             };
             self.buffered.fetch_add(1, Ordering::Relaxed);
@@ -551,6 +591,30 @@ impl ConsumerActor {
         }
         if let Err(e) = self.consumer.close().await {
             tracing::debug!(topic = %self.topic, error = %e, "pulsar consumer close failed");
+        }
+    }
+
+    /// Subscribes again with backoff until it works (`true`) or the subscription closes
+    /// (`false`). What the old consumer had not acked the broker redelivers to the new one.
+    async fn resubscribe(&mut self) -> bool {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+            match build_consumer(&self.client, &self.pulsar_topic, &self.options).await {
+                Ok(c) => {
+                    let mut old = std::mem::replace(&mut self.consumer, c);
+                    let _ = old.close().await;
+                    tracing::info!(topic = %self.topic, "pulsar consumer subscribed again");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, retry_in = ?delay, "pulsar resubscribe failed");
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
         }
     }
 

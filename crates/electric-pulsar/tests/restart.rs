@@ -37,7 +37,13 @@ async fn acked_publishes_survive_restarts_and_clients_carry_on() {
     electric_testkit::bus::acked_publishes_survive_a_broker_restart(sut).await;
 
     // A producer and a consumer that live through a restart.
-    let bus = BusClient::new(PulsarBus::builder(&url).operation_timeout(Duration::from_secs(20)).connect().await.unwrap());
+    let bus = BusClient::new(
+        PulsarBus::builder(&url)
+            .operation_timeout(Duration::from_secs(20))
+            .connect()
+            .await
+            .unwrap(),
+    );
     let topic = "carry-on";
     let mut sub = bus
         .subscribe(
@@ -47,10 +53,16 @@ async fn acked_publishes_survive_restarts_and_clients_carry_on() {
         )
         .await
         .unwrap();
-    let producer = bus.producer(topic, ProducerOptions::default()).await.unwrap();
+    let producer = bus
+        .producer(topic, ProducerOptions::default())
+        .await
+        .unwrap();
     let mut acked = BTreeSet::new();
     for i in 0..50 {
-        producer.publish(OutMessage::new(format!("{i}"))).await.unwrap();
+        producer
+            .publish(OutMessage::new(format!("{i}")))
+            .await
+            .unwrap();
         acked.insert(i);
     }
     server.lock().await.restart().await;
@@ -72,7 +84,12 @@ async fn acked_publishes_survive_restarts_and_clients_carry_on() {
     let mut got = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     while got.len() < acked.len() {
-        assert!(tokio::time::Instant::now() < deadline, "{} of {} after the restart", got.len(), acked.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} after the restart",
+            got.len(),
+            acked.len()
+        );
         match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
             Ok(Some(Ok(d))) => {
                 got.insert(d.text().unwrap().parse::<u32>().unwrap());

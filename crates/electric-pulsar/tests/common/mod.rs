@@ -116,10 +116,15 @@ impl PrivatePulsar {
                 .is_ok_and(|s| s.success())
         };
         if !(resolve(true) || resolve(false)) {
-            skip_or_fail("private Pulsar", "mvn could not resolve the broker's classpath");
+            skip_or_fail(
+                "private Pulsar",
+                "mvn could not resolve the broker's classpath",
+            );
             return None;
         }
         let classpath = std::fs::read_to_string(&cp).ok()?;
+        // The bookie turns read-only (and the broker refuses writes) when its disk is 95 % full;
+        // build machines often are, and these tests write a few megabytes.
         let conf = format!(
             "clusterName=standalone\nbindAddress=127.0.0.1\nadvertisedAddress=127.0.0.1\n\
              brokerServicePort={BROKER_PORT}\nwebServicePort={WEB_PORT}\n\
@@ -127,7 +132,8 @@ impl PrivatePulsar {
              managedLedgerDefaultEnsembleSize=1\nmanagedLedgerDefaultWriteQuorum=1\nmanagedLedgerDefaultAckQuorum=1\n\
              allowAutoTopicCreation=true\nallowAutoTopicCreationType=non-partitioned\n\
              brokerDeleteInactiveTopicsEnabled=false\nfunctionsWorkerEnabled=false\n\
-             transactionCoordinatorEnabled=false\nloadBalancerOverrideBrokerNicSpeedGbps=1\n"
+             transactionCoordinatorEnabled=false\nloadBalancerOverrideBrokerNicSpeedGbps=1\n\
+             diskUsageThreshold=0.99\ndiskUsageWarnThreshold=0.99\ndiskUsageLwmThreshold=0.98\n"
         );
         std::fs::write(dir.join("standalone.conf"), conf).ok()?;
         std::fs::write(
@@ -160,8 +166,12 @@ impl PrivatePulsar {
 
     async fn spawn(&mut self, wipe: bool) -> Result<(), String> {
         let d = &self.dir;
-        let log = std::fs::File::create(d.join(if wipe { "pulsar.log" } else { "pulsar-restart.log" }))
-            .map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(d.join(if wipe {
+            "pulsar.log"
+        } else {
+            "pulsar-restart.log"
+        }))
+        .map_err(|e| e.to_string())?;
         let mut cmd = Command::new("java");
         cmd.args([
             "-Xms256m",
@@ -205,18 +215,27 @@ impl PrivatePulsar {
             cmd.arg("--wipe-data");
         }
         self.child = Some(cmd.spawn().map_err(|e| format!("start java: {e}"))?);
-        let ready = format!("{}/admin/v2/namespaces/public", self.admin_url());
+        // Ready when the broker's health check (a produce and consume through the bookie)
+        // passes: the admin API answers earlier, before the bookie has registered.
+        let ready = format!("{}/admin/v2/brokers/health", self.admin_url());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
         loop {
-            let out = Command::new("curl").args(["-sf", &ready]).output();
-            if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("public/default")) {
+            let out = Command::new("curl")
+                .args(["-sf", "-m", "20", &ready])
+                .output();
+            if out.is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok"
+            }) {
                 return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return Err(format!("the broker exited ({status}); see {}", d.display()));
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("the broker did not start within 240 s; see {}", d.display()));
+                return Err(format!(
+                    "the broker did not start within 240 s; see {}",
+                    d.display()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -226,7 +245,9 @@ impl PrivatePulsar {
     /// after 60 s.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while std::time::Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -251,6 +272,14 @@ impl PrivatePulsar {
 impl Drop for PrivatePulsar {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            // Keep the logs of a failed check.
+            eprintln!(
+                "private Pulsar data and logs kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
