@@ -32,13 +32,25 @@ pub enum Error {
         /// The JSON type it serialized to.
         found: &'static str,
     },
-    /// Serializing or deserializing a document failed.
+    /// A document's type did not serialize (its `Serialize` failed, or a map has keys JSON cannot
+    /// hold). Stored data that the type cannot read is [`Error::Malformed`] instead.
     #[error("document for {key} does not (de)serialize: {reason}")]
     Serde {
         /// The document's key.
         key: Key,
         /// The serde error message.
         reason: String,
+    },
+    /// A document holds a number JSON cannot represent (NaN or an infinity; `serde_json` would
+    /// store `null`, which the document's own type may not read back). Nothing was written.
+    #[error("document for {key} holds {value} at {path:?}, which JSON cannot represent")]
+    NonFiniteNumber {
+        /// The document's key.
+        key: Key,
+        /// RFC 6901 pointer to the number within the document.
+        path: String,
+        /// The number (NaN, `inf` or `-inf`).
+        value: f64,
     },
     /// A document is larger than the configured maximum.
     #[error("document for {key} is {size} bytes, over the limit of {limit}")]

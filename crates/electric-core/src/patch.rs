@@ -20,6 +20,7 @@
 //!   manager uses them to choose between sending a patch and sending a snapshot.
 
 mod diff_ser;
+mod finite;
 
 use std::io;
 use std::sync::OnceLock;
@@ -29,7 +30,8 @@ use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-pub(crate) use diff_ser::diff_into;
+pub(crate) use diff_ser::{diff_into, DiffError};
+pub(crate) use finite::{find as find_non_finite, NonFinite};
 
 use crate::delta::Patch;
 use crate::error::{Error, Result};

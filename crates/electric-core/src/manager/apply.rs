@@ -101,7 +101,10 @@ impl<T: Document> DataManager<T> {
             });
         };
         // Read through a reference so the tree can be kept.
-        let value = T::deserialize(&tree).map_err(|e| Error::serde(key, e))?;
+        let value = T::deserialize(&tree).map_err(|e| Error::Malformed {
+            what: "document",
+            reason: format!("{key} after delta v{}: {e}", delta.version),
+        })?;
         Ok((value, tree, json_len))
     }
 

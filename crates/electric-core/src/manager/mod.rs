@@ -425,20 +425,16 @@ impl<T: Document> DataManager<T> {
         }
     }
 
-    /// Deserializes a loaded document straight from its member texts. Text that cannot be
-    /// parsed ([`MembersError::is_syntax`]: not JSON, or a number or nesting serde_json cannot
-    /// represent) is [`Error::Malformed`]; JSON that does not fit `T` is [`Error::Serde`].
+    /// Deserializes a loaded document straight from its member texts. Anything the store holds
+    /// that `T` cannot read — text that is not JSON, JSON of the wrong shape, a required member
+    /// missing — is foreign data: [`Error::Malformed`], naming the key and, when one is to
+    /// blame, the member.
     fn to_typed(&self, key: &Key, doc: &crate::store::Members) -> Result<T> {
-        doc.deserialize().map_err(|e: MembersError| {
-            if e.is_syntax() {
-                Error::Malformed {
-                    what: "document",
-                    reason: format!("{key}: {e}"),
-                }
-            } else {
-                Error::serde(key, e)
-            }
-        })
+        doc.deserialize()
+            .map_err(|e: MembersError| Error::Malformed {
+                what: "document",
+                reason: format!("{key}: {e}"),
+            })
     }
 
     /// Drops `id` from the cache and its tree; whether it was cached.

@@ -27,7 +27,7 @@ impl<T: Document> DataManager<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidKey`] for a bad id; store errors; [`Error::Serde`] when the stored document
+    /// [`Error::InvalidKey`] for a bad id; store errors; [`Error::Malformed`] (naming the member) when the stored document
     /// does not deserialize into `T`.
     #[inline]
     pub fn get<'a>(&'a self, id: &'a str) -> Get<'a, T> {

@@ -28,7 +28,10 @@ impl<T: Document> DataManager<T> {
     ///
     /// [`Error::Conflict`] when every attempt lost; [`Error::NotFound`] for a missing key whose
     /// type has no empty value; [`Error::NotAnObject`] / [`Error::Serde`] when `T` does not
-    /// serialize to a JSON object; [`Error::DocumentTooLarge`]; store errors. A store error
+    /// serialize to a JSON object; [`Error::NonFiniteNumber`] when the new value holds a NaN or
+    /// an infinity (nothing is written and the cached document is unchanged);
+    /// [`Error::Malformed`] when the stored document cannot be read as `T`;
+    /// [`Error::DocumentTooLarge`]; store errors. A store error
     /// during the commit itself is returned, not retried: the commit may or may not have
     /// happened, and re-running the closure could apply it twice.
     pub async fn update<F>(&self, id: &str, mut f: F) -> Result<UpdateOutcome>
@@ -64,9 +67,20 @@ impl<T: Document> DataManager<T> {
             f(&mut value);
             // The new value is serialized against the old tree, which becomes the new tree.
             let mut ops = Vec::new();
+            let non_finite = |n: patch::NonFinite| Error::NonFiniteNumber {
+                key: key.clone(),
+                path: n.path,
+                value: n.value,
+            };
             let new_json = match patch::diff_into(&mut tree, &value, &mut ops) {
                 Ok(()) => tree,
-                Err(_) => {
+                // The kept tree is dropped half-updated; the cache still holds the old value.
+                Err(patch::DiffError::NonFinite(n)) => return Err(non_finite(n)),
+                Err(patch::DiffError::GiveUp(_)) => {
+                    // serde_json would quietly write `null` for these.
+                    if let Some(n) = patch::find_non_finite(&value) {
+                        return Err(non_finite(n));
+                    }
                     // Something `diff_into` leaves to serde_json (or an error it reports):
                     // rebuild both trees and diff them.
                     let old = match &current {

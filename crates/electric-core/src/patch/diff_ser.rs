@@ -12,18 +12,62 @@
 //! `RawValue`, an `arbitrary_precision` number), a root that is not an object or is replaced
 //! whole (a top-level enum), a `Serialize` error — gives up with an error; the tree is then in
 //! an unspecified state and the caller must rebuild it the slow way (which also reports the
-//! real error).
+//! real error). A NaN or an infinity, which JSON cannot hold (`serde_json` would write `null`),
+//! stops it with [`DiffError::NonFinite`] naming where it is.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::fmt;
 
 use serde::ser::{self, Serialize};
 use serde_json::{Map, Value};
 
+use super::finite::{self, NonFinite};
 use super::{render, scalar_eq, Path, Seg};
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 
-type Error = serde_json::Error;
+type Error = DiffError;
+
+/// Why [`diff_into`] stopped.
+#[derive(Debug)]
+pub(crate) enum DiffError {
+    /// The value holds a number JSON cannot represent.
+    NonFinite(NonFinite),
+    /// Something this serializer leaves to the slow path (see the module docs).
+    GiveUp(String),
+}
+
+impl fmt::Display for DiffError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiffError::NonFinite(n) => write!(f, "{} at {:?}", n.value, n.path),
+            DiffError::GiveUp(why) => write!(f, "diff_into gives up: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DiffError {}
+
+impl ser::Error for DiffError {
+    fn custom<M: fmt::Display>(msg: M) -> Self {
+        DiffError::GiveUp(msg.to_string())
+    }
+}
+
+impl From<serde_json::Error> for DiffError {
+    fn from(e: serde_json::Error) -> Self {
+        DiffError::GiveUp(e.to_string())
+    }
+}
+
+/// `value` built whole as the new value at `path`, refusing a NaN or an infinity inside it.
+fn build<T: Serialize + ?Sized>(value: &T, path: Option<&Path<'_, '_>>) -> Result<Value, Error> {
+    if let Some(mut found) = finite::find(value) {
+        found.path = format!("{}{}", render(path), found.path);
+        return Err(DiffError::NonFinite(found));
+    }
+    Ok(serde_json::to_value(value)?)
+}
 
 /// The prefix of the names of the structs `serde_json` serializes its own special values as
 /// (`$serde_json::private::RawValue`, and `$serde_json::private::Number` when its
@@ -64,7 +108,7 @@ pub(crate) fn diff_into<T: Serialize + ?Sized>(
 }
 
 fn give_up(why: &str) -> Error {
-    ser::Error::custom(format_args!("diff_into gives up: {why}"))
+    DiffError::GiveUp(why.to_string())
 }
 
 /// Serializes one value against `slot`.
@@ -223,7 +267,7 @@ impl Compound<'_, '_, '_> {
                         ops,
                     });
                 }
-                let new = serde_json::to_value(value)?;
+                let new = build(value, Some(&child))?;
                 ops.push(PatchOperation::Add(AddOperation {
                     path: render(Some(&child)),
                     value: new.clone(),
@@ -233,9 +277,26 @@ impl Compound<'_, '_, '_> {
             }
             Compound::Build {
                 built: Value::Array(items),
+                path,
+                wrap,
                 ..
             } => {
-                items.push(serde_json::to_value(value)?);
+                let variant;
+                let parent = match wrap {
+                    Some(v) => {
+                        variant = Path {
+                            parent: *path,
+                            seg: Seg::Key(v),
+                        };
+                        Some(&variant)
+                    }
+                    None => *path,
+                };
+                let child = Path {
+                    parent,
+                    seg: Seg::Index(items.len()),
+                };
+                items.push(build(value, Some(&child))?);
                 Ok(())
             }
             _ => Err(give_up("an element outside an array")),
@@ -266,7 +327,7 @@ impl Compound<'_, '_, '_> {
                         ops,
                     })?;
                 } else {
-                    let new = serde_json::to_value(value)?;
+                    let new = build(value, Some(&child))?;
                     ops.push(PatchOperation::Add(AddOperation {
                         path: render(Some(&child)),
                         value: new.clone(),
@@ -281,9 +342,27 @@ impl Compound<'_, '_, '_> {
             }
             Compound::Build {
                 built: Value::Object(map),
+                path,
+                wrap,
                 ..
             } => {
-                map.insert(name.into_owned(), serde_json::to_value(value)?);
+                let variant;
+                let parent = match wrap {
+                    Some(v) => {
+                        variant = Path {
+                            parent: *path,
+                            seg: Seg::Key(v),
+                        };
+                        Some(&variant)
+                    }
+                    None => *path,
+                };
+                let child = Path {
+                    parent,
+                    seg: Seg::Key(&name),
+                };
+                let new = build(value, Some(&child))?;
+                map.insert(name.into_owned(), new);
                 Ok(())
             }
             _ => Err(give_up("a member outside an object")),
@@ -422,9 +501,15 @@ impl<'s, 'p, 'a> ser::Serializer for DiffSer<'s, 'p, 'a> {
         self.set(serde_json::to_value(v)?)
     }
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
-        self.set(serde_json::to_value(v)?)
+        self.serialize_f64(f64::from(v))
     }
     fn serialize_f64(self, v: f64) -> Result<(), Error> {
+        if !v.is_finite() {
+            return Err(DiffError::NonFinite(NonFinite {
+                path: render(self.path).to_string(),
+                value: v,
+            }));
+        }
         self.set(serde_json::to_value(v)?)
     }
     fn serialize_char(self, v: char) -> Result<(), Error> {
@@ -470,8 +555,13 @@ impl<'s, 'p, 'a> ser::Serializer for DiffSer<'s, 'p, 'a> {
         variant: &'static str,
         value: &T,
     ) -> Result<(), Error> {
+        let child = Path {
+            parent: self.path,
+            seg: Seg::Key(variant),
+        };
+        let new = build(value, Some(&child))?;
         let mut m = Map::new();
-        m.insert(variant.to_owned(), serde_json::to_value(value)?);
+        m.insert(variant.to_owned(), new);
         self.set(Value::Object(m))
     }
     fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, Error> {
