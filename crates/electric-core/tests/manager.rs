@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use electric_core::manager::{ChangeCause, DataManager, Document, RepairReason};
 use electric_core::store::{Changes, Commit, CommitOutcome, Snapshot, Store, Subscription};
 use electric_core::{
-    Delta, DeltaKind, Error, Key, MemoryStore, Result, SectionId, Stamp, UpdateOutcome, Version,
+    CommitId, Delta, DeltaKind, Error, Key, MemoryStore, Result, SectionId, Stamp, UpdateOutcome,
+    Version,
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -53,7 +54,7 @@ impl Store for CountingStore {
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.inner.load(key).await
     }
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome> {
         if self.always_conflict {
             let actual = self.inner.stamps(std::slice::from_ref(&commit.key)).await?[0];
             return Ok(CommitOutcome::Conflict { actual });
@@ -66,8 +67,8 @@ impl Store for CountingStore {
     async fn stamps(&self, keys: &[Key]) -> Result<Vec<Option<Stamp>>> {
         self.inner.stamps(keys).await
     }
-    async fn delete(&self, key: &Key, origin: &str) -> Result<bool> {
-        self.inner.delete(key, origin).await
+    async fn delete_with_id(&self, key: &Key, origin: &str, id: CommitId) -> Result<bool> {
+        self.inner.delete_with_id(key, origin, id).await
     }
     async fn expire(&self, key: &Key, ttl: Duration) -> Result<bool> {
         self.inner.expire(key, ttl).await
@@ -343,7 +344,7 @@ async fn foreign_data_of_the_wrong_type_is_an_error_not_a_stale_cache() {
     let stamp = store.stamps(std::slice::from_ref(&key)).await.unwrap()[0];
     // A foreign writer stores a string where Counter has a number.
     let CommitOutcome::Committed(delta) = store
-        .commit(Commit {
+        .commit(&Commit {
             key: key.clone(),
             expected: stamp,
             fields: vec![Commit::member("n", "seven").unwrap()],
@@ -352,6 +353,8 @@ async fn foreign_data_of_the_wrong_type_is_an_error_not_a_stale_cache() {
                 .unwrap(),
             origin: "foreign".into(),
             ttl: None,
+            id: electric_core::CommitId::random(),
+            digest: None,
         })
         .await
         .unwrap()
@@ -461,7 +464,7 @@ async fn a_member_the_type_cannot_read_is_malformed_and_other_keys_keep_working(
     let key = m.key("bad").unwrap();
     let stamp = store.stamps(std::slice::from_ref(&key)).await.unwrap()[0];
     let _ = store
-        .commit(Commit {
+        .commit(&Commit {
             key: key.clone(),
             expected: stamp,
             fields: vec![Commit::member("qty", &serde_json::Value::Null).unwrap()],
@@ -470,6 +473,8 @@ async fn a_member_the_type_cannot_read_is_malformed_and_other_keys_keep_working(
                 .unwrap(),
             origin: "foreign".into(),
             ttl: None,
+            id: electric_core::CommitId::random(),
+            digest: None,
         })
         .await
         .unwrap();

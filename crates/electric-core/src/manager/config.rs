@@ -47,6 +47,11 @@ pub struct ManagerConfig {
     /// (moka: frequency-based admission, LRU eviction) keeps the most used; a document without a
     /// kept tree has one rebuilt from the typed value when needed.
     pub json_cache_bytes: u64,
+    /// How long `update` and `delete` keep asking the store what became of a write whose reply
+    /// was lost (default 30 s), before giving up with
+    /// [`Error::Indeterminate`](crate::Error::Indeterminate). A store outage shorter than this
+    /// (less the store's own response timeout) costs a slow call, not an unknown outcome.
+    pub resolve_deadline: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -62,6 +67,7 @@ impl Default for ManagerConfig {
             event_capacity: 1024,
             anti_entropy_batch: 256,
             json_cache_bytes: 128 << 20,
+            resolve_deadline: Duration::from_secs(30),
         }
     }
 }
@@ -91,6 +97,12 @@ impl<T: Document> DataManagerBuilder<T> {
     /// See [`ManagerConfig::json_cache_bytes`].
     pub fn json_cache_bytes(mut self, n: u64) -> Self {
         self.config.json_cache_bytes = n;
+        self
+    }
+
+    /// See [`ManagerConfig::resolve_deadline`].
+    pub fn resolve_deadline(mut self, d: Duration) -> Self {
+        self.config.resolve_deadline = d;
         self
     }
 
@@ -141,6 +153,11 @@ impl<T: Document> DataManagerBuilder<T> {
         if c.anti_entropy_batch == 0 || c.max_document_bytes == 0 {
             return Err(Error::InvalidConfig(
                 "anti_entropy_batch and max_document_bytes must be at least 1".into(),
+            ));
+        }
+        if c.resolve_deadline.is_zero() {
+            return Err(Error::InvalidConfig(
+                "resolve_deadline must be more than zero".into(),
             ));
         }
         if !(c.snapshot_ratio.is_finite() && c.snapshot_ratio > 0.0) {

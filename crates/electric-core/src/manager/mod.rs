@@ -41,6 +41,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::delta::SharedDelta;
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::key::{Key, SectionId};
 use crate::store::{MembersError, Store};
@@ -102,6 +103,9 @@ struct Entry<T> {
     /// snapshot delta, summed from the stored member texts after a load, estimated from the
     /// operations after a patch delta. It weighs the document's kept JSON tree.
     json_len: u32,
+    /// The digest of this version: computed by this manager after an update or an applied
+    /// delta, as the store reported it after a load (`None`: unknown).
+    digest: Option<Digest>,
     value: T,
 }
 

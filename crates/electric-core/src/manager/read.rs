@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::events::Counters;
+use super::events::{ChangeCause, Counters};
 use super::{DataManager, Doc, Document, Entry, Get, GetState, RepairReason};
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -43,7 +43,7 @@ impl<T: Document> DataManager<T> {
         if let Some(doc) = self.cached(id) {
             return Ok(Some(doc));
         }
-        self.load_locked(&key).await
+        self.load_locked(&key, None).await
     }
 
     /// The document, or `T::empty` (the original's `CreateEmpty`) if it does not exist. The empty
@@ -64,6 +64,7 @@ impl<T: Document> DataManager<T> {
                 stamp: None,
                 change_time: 0,
                 json_len: 0,
+                digest: None,
                 touched: AtomicU64::new(0),
             }),
         })
@@ -90,7 +91,7 @@ impl<T: Document> DataManager<T> {
                     .await?;
                 self.cached(id)
             }
-            None => self.load_locked(&key).await?,
+            None => self.load_locked(&key, None).await?,
         };
         match doc {
             Some(d) if d.version() >= version => Ok(d),
@@ -112,18 +113,32 @@ impl<T: Document> DataManager<T> {
                 stamp: Some(snap.stamp),
                 change_time: snap.change_time,
                 json_len: u32::try_from(snap.doc.json_len()).unwrap_or(u32::MAX),
+                digest: snap.digest,
                 touched: AtomicU64::new(self.inner.clock.refresh()),
             },
         ))
     }
 
-    /// Loads the snapshot into the cache (or drops the entry if the key is gone). Caller holds
+    /// Loads the snapshot into the cache (or drops the entry if the key is gone), telling
+    /// listeners the document was reloaded (`reason`: the repair, if this is one). Caller holds
     /// the key lock.
-    pub(super) async fn load_locked(&self, key: &Key) -> Result<Option<Doc<T>>> {
+    pub(super) async fn load_locked(
+        &self,
+        key: &Key,
+        reason: Option<RepairReason>,
+    ) -> Result<Option<Doc<T>>> {
         Counters::bump(&self.inner.counters.loads);
+        let from = self.cached(key.id()).map(|d| d.stamp());
         match self.inner.store.load(key).await? {
             Some(snap) => match self.insert_snapshot(key, snap) {
-                Ok(doc) => Ok(Some(doc)),
+                Ok(doc) => {
+                    self.emit(key, doc.stamp(), || ChangeCause::Reloaded {
+                        from: from.flatten(),
+                        reason,
+                        doc: Arc::new(self.to_object(key, doc.value()).unwrap_or_default()),
+                    });
+                    Ok(Some(doc))
+                }
                 Err(e) => {
                     // Never leave a stale value behind a document we cannot read.
                     self.forget(key.id());
@@ -131,7 +146,9 @@ impl<T: Document> DataManager<T> {
                 }
             },
             None => {
-                self.forget(key.id());
+                if self.forget(key.id()) {
+                    self.emit(key, None, || ChangeCause::Deleted);
+                }
                 Ok(None)
             }
         }

@@ -53,19 +53,35 @@ impl<T: Document> DataManager<T> {
                 .await
                 .map(|_| true),
             Changes::Deltas { deltas, .. } => {
-                let (ok, changed) = self.apply_chain(doc.clone(), &deltas);
+                let changed = match self.apply_chain(doc.clone(), &deltas, trigger) {
+                    Ok(changed) => changed,
+                    Err(refused) => {
+                        let reason = match &refused {
+                            Some(r) => {
+                                let d = deltas.iter().find(|d| d.version > stamp.version);
+                                if let Some(d) = d {
+                                    self.report_sync_error(
+                                        Some(key),
+                                        Some(r.reason()),
+                                        r.describe(d),
+                                    );
+                                }
+                                match r.reason() {
+                                    RepairReason::Digest => RepairReason::Digest,
+                                    other => fallback(other),
+                                }
+                            }
+                            None => fallback(RepairReason::ApplyFailed),
+                        };
+                        return self.reload_locked(key, reason).await.map(|_| true);
+                    }
+                };
                 let reached = self.cached(key.id()).and_then(|d| d.stamp());
-                if !ok || target.is_some_and(|t| t != reached) {
-                    let reason = if ok {
-                        trigger
-                    } else {
-                        fallback(RepairReason::ApplyFailed)
-                    };
-                    return self.reload_locked(key, reason).await.map(|_| true);
+                if target.is_some_and(|t| t != reached) {
+                    return self.reload_locked(key, trigger).await.map(|_| true);
                 }
                 if changed && (count_gap || trigger != RepairReason::Gap) {
                     self.inner.counters.repaired(trigger);
-                    self.emit(key, reached, || ChangeCause::Repaired(trigger));
                 }
                 Ok(changed)
             }
@@ -74,13 +90,9 @@ impl<T: Document> DataManager<T> {
 
     /// Reloads after `reason`, counting the repair and reporting failures.
     pub(super) async fn reload_locked(&self, key: &Key, reason: RepairReason) -> Result<()> {
-        match self.load_locked(key).await {
-            Ok(doc) => {
+        match self.load_locked(key, Some(reason)).await {
+            Ok(_) => {
                 self.inner.counters.repaired(reason);
-                match doc {
-                    Some(d) => self.emit(key, d.stamp(), || ChangeCause::Repaired(reason)),
-                    None => self.emit(key, None, || ChangeCause::Deleted),
-                }
                 Ok(())
             }
             Err(e) => {
@@ -90,35 +102,58 @@ impl<T: Document> DataManager<T> {
         }
     }
 
-    /// Compares every cached version with the store in batches and repairs only the documents
-    /// that differ, counting each under `reason`. Returns how many were repaired.
+    /// Compares every cached version, and its digest, with the store in batches and repairs
+    /// only the documents that differ: a different stamp is caught up under `reason`, the same
+    /// stamp with another digest is reloaded as [`RepairReason::Digest`]. Returns how many were
+    /// repaired.
     ///
     /// # Errors
     ///
     /// Store errors from the version lookups (repairs of single keys report their own errors on
     /// the sync-error stream and do not stop the pass).
     pub async fn anti_entropy(&self, reason: RepairReason) -> Result<usize> {
-        let entries = self.cached_stamps();
+        let entries = self.cached_heads();
         let mut repaired = 0;
         for chunk in entries.chunks(self.inner.config.anti_entropy_batch) {
-            let keys: Vec<Key> = chunk
-                .iter()
-                .filter_map(|(id, _)| self.inner.section.key(id.as_str()).ok())
-                .collect();
-            let actual = self.inner.store.stamps(&keys).await?;
-            for ((key, (_, cached)), actual) in keys.iter().zip(chunk).zip(actual) {
-                if *cached == actual {
+            let keys: Vec<Key> = chunk.iter().map(|(key, _)| key.clone()).collect();
+            let actual = self.inner.store.heads(&keys).await?;
+            for ((key, cached), actual) in chunk.iter().zip(actual) {
+                let actual_stamp = actual.map(|h| h.stamp);
+                let digest_differs = |d: &Doc<T>| {
+                    matches!((d.entry.digest, actual.and_then(|h| h.digest)),
+                        (Some(mine), Some(theirs)) if mine != theirs)
+                };
+                if cached.stamp() == actual_stamp && !digest_differs(cached) {
                     continue;
                 }
                 let _guard = self.inner.locks.lock(key.id()).await;
                 let Some(doc) = self.cached(key.id()) else {
                     continue;
                 };
-                if doc.stamp() == actual {
-                    continue; // repaired by a delta meanwhile
+                if doc.stamp() == actual_stamp {
+                    if !digest_differs(&doc) {
+                        continue; // repaired by a delta meanwhile
+                    }
+                    self.report_sync_error(
+                        Some(key),
+                        Some(RepairReason::Digest),
+                        format!(
+                            "cached v{} has digest {}, the store's {}",
+                            doc.version(),
+                            doc.entry.digest.map(|d| d.to_string()).unwrap_or_default(),
+                            actual
+                                .and_then(|h| h.digest)
+                                .map(|d| d.to_string())
+                                .unwrap_or_default()
+                        ),
+                    );
+                    if self.reload_locked(key, RepairReason::Digest).await.is_ok() {
+                        repaired += 1;
+                    }
+                    continue;
                 }
                 if let Ok(true) = self
-                    .catch_up_locked(key, &doc, reason, Some(actual), true)
+                    .catch_up_locked(key, &doc, reason, Some(actual_stamp), true)
                     .await
                 {
                     repaired += 1;
@@ -126,6 +161,18 @@ impl<T: Document> DataManager<T> {
             }
         }
         Ok(repaired)
+    }
+
+    /// Keys and documents of every cached entry.
+    fn cached_heads(&self) -> Vec<(Key, Doc<T>)> {
+        self.inner
+            .cache
+            .entries()
+            .into_iter()
+            .filter_map(|(id, entry)| {
+                Some((self.inner.section.key(id.as_str()).ok()?, Doc { entry }))
+            })
+            .collect()
     }
 
     pub(crate) fn record_malformed(&self, err: &Error) {

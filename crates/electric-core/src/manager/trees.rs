@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::{Map, Value};
 
 use super::{DataManager, Document};
+use crate::digest::Digest;
 use crate::version::Stamp;
 
 /// The slot for a document's kept JSON tree. Only the holder of the key's lock takes or fills
@@ -28,42 +29,49 @@ pub(super) struct Tree {
     /// update against such a tree would remove them, so updates only use exact trees.
     pub(super) exact: bool,
     pub(super) doc: Map<String, Value>,
+    /// The digest of `doc`, computed from it (never taken on trust from the store).
+    pub(super) digest: Digest,
 }
 
 impl<T: Document> DataManager<T> {
-    /// Takes the kept JSON tree of `id` if it is at `stamp` (and, with `exact`, is exactly the
-    /// cached value serialized). A kept tree at another stamp is dropped. Caller holds the key
-    /// lock.
+    /// Takes the kept JSON tree of `id`, with its digest, if it is at `stamp` (and, with
+    /// `exact`, is exactly the cached value serialized). A kept tree at another stamp is dropped.
+    /// Caller holds the key lock.
     pub(super) fn take_tree(
         &self,
         id: &str,
         stamp: Option<Stamp>,
         exact: bool,
-    ) -> Option<Map<String, Value>> {
+    ) -> Option<(Map<String, Value>, Digest)> {
         let slot = self.inner.trees.as_ref()?.get(id)?;
         let tree = slot
             .tree
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()?;
-        (Some(tree.stamp) == stamp && (tree.exact || !exact)).then_some(tree.doc)
+        (Some(tree.stamp) == stamp && (tree.exact || !exact)).then_some((tree.doc, tree.digest))
     }
 
-    /// Keeps `doc` as the JSON tree of `id` at `stamp`, within
-    /// [`ManagerConfig::json_cache_bytes`]. Caller holds the key lock.
-    /// `json_len` (the document's JSON size) weighs a new slot.
+    /// Keeps `doc` (whose digest is `digest`) as the JSON tree of `id` at `stamp`, within
+    /// [`ManagerConfig::json_cache_bytes`](super::ManagerConfig::json_cache_bytes). Caller holds
+    /// the key lock. `json_len` (the document's JSON size) weighs a new slot.
     pub(super) fn keep_tree(
         &self,
         id: &str,
         stamp: Stamp,
-        doc: Map<String, Value>,
+        (doc, digest): (Map<String, Value>, Digest),
         exact: bool,
         json_len: u32,
     ) {
         let Some(trees) = &self.inner.trees else {
             return;
         };
-        let tree = Some(Tree { stamp, exact, doc });
+        let tree = Some(Tree {
+            stamp,
+            exact,
+            doc,
+            digest,
+        });
         let weight = json_len.saturating_mul(TREE_BYTES_PER_JSON_BYTE).max(1);
         match trees.get(id) {
             // Reuse the slot while its weight is within a factor of two of the tree's.

@@ -74,6 +74,23 @@ fn build<T: Serialize + ?Sized>(value: &T, path: Option<&Path<'_, '_>>) -> Resul
 /// `arbitrary_precision` feature is on).
 const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
 
+/// The operations [`diff_into`] emits, each with the value it replaced or removed (`None` for an
+/// `add`), so the caller can update the document's digest without the old tree.
+#[derive(Debug, Default)]
+pub(crate) struct OpLog {
+    /// The patch, in the order the value serialized.
+    pub ops: Vec<PatchOperation>,
+    /// For each operation, what was at its path before.
+    pub olds: Vec<Option<Value>>,
+}
+
+impl OpLog {
+    fn push(&mut self, op: PatchOperation, old: Option<Value>) {
+        self.ops.push(op);
+        self.olds.push(old);
+    }
+}
+
 /// Serializes `value` into `tree` (the previous version's JSON object), pushing the operations
 /// that turn the old tree into the new one onto `ops`.
 ///
@@ -83,9 +100,9 @@ const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
 pub(crate) fn diff_into<T: Serialize + ?Sized>(
     tree: &mut Map<String, Value>,
     value: &T,
-    ops: &mut Vec<PatchOperation>,
+    ops: &mut OpLog,
 ) -> Result<(), Error> {
-    let start = ops.len();
+    let start = ops.ops.len();
     let mut root = Value::Object(std::mem::take(tree));
     value.serialize(DiffSer {
         slot: &mut root,
@@ -95,7 +112,7 @@ pub(crate) fn diff_into<T: Serialize + ?Sized>(
     // A root replaced whole (an enum at the top level, say) names no member, and the caller
     // learns removed members from the operations' paths: leave that to `diff`, which never
     // replaces an object's root.
-    if ops[start..].iter().any(|op| op.path().is_root()) {
+    if ops.ops[start..].iter().any(|op| op.path().is_root()) {
         return Err(give_up("the root was replaced"));
     }
     match root {
@@ -115,7 +132,7 @@ fn give_up(why: &str) -> Error {
 struct DiffSer<'s, 'p, 'a> {
     slot: &'s mut Value,
     path: Option<&'p Path<'p, 'a>>,
-    ops: &'s mut Vec<PatchOperation>,
+    ops: &'s mut OpLog,
 }
 
 impl<'s, 'p, 'a> DiffSer<'s, 'p, 'a> {
@@ -128,11 +145,14 @@ impl<'s, 'p, 'a> DiffSer<'s, 'p, 'a> {
         if equal {
             return Ok(());
         }
-        self.ops.push(PatchOperation::Replace(ReplaceOperation {
-            path: render(self.path),
-            value: new.clone(),
-        }));
-        *self.slot = new;
+        let old = std::mem::replace(self.slot, new.clone());
+        self.ops.push(
+            PatchOperation::Replace(ReplaceOperation {
+                path: render(self.path),
+                value: new,
+            }),
+            Some(old),
+        );
         Ok(())
     }
 
@@ -224,7 +244,7 @@ enum Compound<'s, 'p, 'a> {
     Walk {
         slot: &'s mut Value,
         path: Option<&'p Path<'p, 'a>>,
-        ops: &'s mut Vec<PatchOperation>,
+        ops: &'s mut OpLog,
         /// Object members written so far.
         seen: Seen,
         /// The next array index.
@@ -237,7 +257,7 @@ enum Compound<'s, 'p, 'a> {
     Build {
         slot: &'s mut Value,
         path: Option<&'p Path<'p, 'a>>,
-        ops: &'s mut Vec<PatchOperation>,
+        ops: &'s mut OpLog,
         built: Value,
         wrap: Option<&'static str>,
         key: Option<String>,
@@ -268,10 +288,13 @@ impl Compound<'_, '_, '_> {
                     });
                 }
                 let new = build(value, Some(&child))?;
-                ops.push(PatchOperation::Add(AddOperation {
-                    path: render(Some(&child)),
-                    value: new.clone(),
-                }));
+                ops.push(
+                    PatchOperation::Add(AddOperation {
+                        path: render(Some(&child)),
+                        value: new.clone(),
+                    }),
+                    None,
+                );
                 items.push(new);
                 Ok(())
             }
@@ -328,10 +351,13 @@ impl Compound<'_, '_, '_> {
                     })?;
                 } else {
                     let new = build(value, Some(&child))?;
-                    ops.push(PatchOperation::Add(AddOperation {
-                        path: render(Some(&child)),
-                        value: new.clone(),
-                    }));
+                    ops.push(
+                        PatchOperation::Add(AddOperation {
+                            path: render(Some(&child)),
+                            value: new.clone(),
+                        }),
+                        None,
+                    );
                     map.insert(name.clone().into_owned(), new);
                 }
                 if seen.insert(name) {
@@ -405,13 +431,16 @@ impl Compound<'_, '_, '_> {
                         // Dropped tail elements, highest index first.
                         while items.len() > next {
                             let i = items.len() - 1;
-                            ops.push(PatchOperation::Remove(RemoveOperation {
-                                path: render(Some(&Path {
-                                    parent: path,
-                                    seg: Seg::Index(i),
-                                })),
-                            }));
-                            items.pop();
+                            let old = items.pop();
+                            ops.push(
+                                PatchOperation::Remove(RemoveOperation {
+                                    path: render(Some(&Path {
+                                        parent: path,
+                                        seg: Seg::Index(i),
+                                    })),
+                                }),
+                                old,
+                            );
                         }
                     }
                     Value::Object(map) => {
@@ -420,13 +449,16 @@ impl Compound<'_, '_, '_> {
                             let gone: Vec<String> =
                                 map.keys().filter(|k| !seen.contains(k)).cloned().collect();
                             for k in gone {
-                                ops.push(PatchOperation::Remove(RemoveOperation {
-                                    path: render(Some(&Path {
-                                        parent: path,
-                                        seg: Seg::Key(&k),
-                                    })),
-                                }));
-                                map.remove(&k);
+                                let old = map.remove(&k);
+                                ops.push(
+                                    PatchOperation::Remove(RemoveOperation {
+                                        path: render(Some(&Path {
+                                            parent: path,
+                                            seg: Seg::Key(&k),
+                                        })),
+                                    }),
+                                    old,
+                                );
                             }
                         }
                     }
@@ -681,8 +713,9 @@ mod tests {
     use serde::Serialize;
     use serde_json::{json, Value};
 
-    use super::diff_into;
+    use super::{diff_into, OpLog};
     use crate::delta::Patch;
+    use crate::digest::Digest;
     use crate::patch::{apply, diff};
 
     /// `diff_into` against `old` must leave the tree equal to `to_value(new)`, return operations
@@ -692,8 +725,15 @@ mod tests {
         let Value::Object(mut tree) = old.clone() else {
             return Err(TestCaseError::reject("old is not an object"));
         };
-        let mut ops = Vec::new();
-        diff_into(&mut tree, new, &mut ops).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut log = OpLog::default();
+        let before = Digest::of(&tree);
+        diff_into(&mut tree, new, &mut log).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(
+            before.after(&log.ops, &log.olds),
+            Some(Digest::of(&tree)),
+            "the digest follows the operations"
+        );
+        let ops = log.ops;
         prop_assert_eq!(&Value::Object(tree), &want);
         let mut applied = old.clone();
         apply(&mut applied, &Patch(ops.clone())).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -824,15 +864,15 @@ mod tests {
         let Value::Object(mut tree) = v.clone() else {
             unreachable!()
         };
-        let mut ops = Vec::new();
+        let mut ops = OpLog::default();
         diff_into(&mut tree, &v, &mut ops).expect("diffs");
-        assert!(ops.is_empty(), "{ops:?}");
+        assert!(ops.ops.is_empty(), "{ops:?}");
         assert_eq!(Value::Object(tree), v);
     }
 
     #[test]
     fn gives_up_on_what_the_slow_path_must_handle() {
-        let mut ops = Vec::new();
+        let mut ops = OpLog::default();
         // Integer map keys, which serde_json turns into strings its own way (a new member is
         // built by serde_json itself, so only a walk into an existing one meets the keys).
         let ints: HashMap<u32, u8> = [(1, 2)].into_iter().collect();

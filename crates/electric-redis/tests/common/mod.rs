@@ -78,21 +78,58 @@ pub fn conformance_subject(
 pub struct PrivateRedis {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// With persistence: the directory of its append-only file (removed when dropped).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl PrivateRedis {
     /// Starts one, or `None` (skip, or fail when services are required) without `redis-server`.
     pub async fn start() -> Option<PrivateRedis> {
+        Self::start_with(None).await
+    }
+
+    /// Starts one that keeps its data across [`restart`](Self::restart): an append-only file
+    /// synced on every write, in a directory of its own.
+    pub async fn start_persistent() -> Option<PrivateRedis> {
+        let dir = std::env::temp_dir().join(electric_testkit::unique("electric-aof"));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            services::skip_or_fail("a temporary directory", &e.to_string());
+            return None;
+        }
+        Self::start_with(Some(dir)).await
+    }
+
+    async fn start_with(dir: Option<std::path::PathBuf>) -> Option<PrivateRedis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let mut r = PrivateRedis { port, child: None };
+        let mut r = PrivateRedis {
+            port,
+            child: None,
+            dir,
+        };
         if let Err(e) = r.spawn().await {
             services::skip_or_fail("redis-server binary", &e);
             return None;
         }
         Some(r)
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the server runs");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     /// The server's URL.
@@ -101,9 +138,23 @@ impl PrivateRedis {
     }
 
     async fn spawn(&mut self) -> Result<(), String> {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        match &self.dir {
+            Some(dir) => cmd
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ])
+                .arg("--dir")
+                .arg(dir),
+            None => cmd.args(["--save", "", "--appendonly", "no", "--dir", "/tmp"]),
+        };
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -121,7 +172,7 @@ impl PrivateRedis {
         Err("redis-server did not start listening".into())
     }
 
-    /// Stops the server (by PID).
+    /// Stops the server (by PID, `SIGKILL`: with persistence, only what was synced survives).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -129,7 +180,7 @@ impl PrivateRedis {
         }
     }
 
-    /// Starts it again on the same port (empty).
+    /// Starts it again on the same port: empty, or, when persistent, with what it had synced.
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn().await.expect("restart redis-server");
@@ -139,6 +190,9 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
