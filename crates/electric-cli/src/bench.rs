@@ -28,7 +28,7 @@ use electric::redis::redis::IntoConnectionInfo;
 use electric::redis::RedisStore;
 use electric::store::{Commit, Store};
 use electric::sync::{SyncConfig, SyncService};
-use electric::{Delta, DeltaKind};
+use electric::{CommitId, Delta, DeltaKind, Digest};
 use electric_testkit::orderbook::OrderBook;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -85,6 +85,14 @@ pub struct BenchArgs {
     /// below). Default: all.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(NAMES))]
     only: Vec<String>,
+}
+
+/// The digest `update` gives a commit writing `book`.
+fn digest_of(book: &OrderBook) -> anyhow::Result<Digest> {
+    match serde_json::to_value(book)? {
+        serde_json::Value::Object(m) => Ok(Digest::of(&m)),
+        _ => anyhow::bail!("an order book serializes to an object"),
+    }
 }
 
 /// Every measurement, in the order they run.
@@ -369,6 +377,7 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
             next.mutate(&mut SmallRng::seed_from_u64(7 + i as u64));
             let (ops, fields) = doc.value().patch_to(&next);
             let commit = Commit {
+                id: CommitId::random(),
                 key: writer.key(&id)?,
                 expected: doc.stamp(),
                 fields,
@@ -376,6 +385,8 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
                 ops,
                 origin: "bench-raw".into(),
                 ttl: None,
+                // What `update` would send with it.
+                digest: Some(digest_of(&next)?),
             };
             let (keys, argv) = store.commit_args(&commit);
             let argv: Vec<String> = argv.into_iter().map(Cow::into_owned).collect();
@@ -723,6 +734,9 @@ async fn delivery_max(
                 origin: "bench-prebuilt".into(),
                 kind: DeltaKind::Patch,
                 ops: patch::diff(&old, &new),
+                commit: Some(CommitId::random()),
+                // As a writer gives it, so the replica checks what it applies.
+                digest: Some(digest_of(&*book)?),
             };
             stamp.version += 1;
             payloads.push(delta.encode());

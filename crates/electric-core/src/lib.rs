@@ -43,6 +43,7 @@
 pub mod cache;
 pub mod collections;
 pub mod delta;
+pub mod digest;
 pub mod error;
 pub mod key;
 pub mod manager;
@@ -54,6 +55,7 @@ pub mod version;
 pub mod worker;
 
 pub use delta::{Delta, DeltaKind, Patch, SharedDelta};
+pub use digest::Digest;
 pub use error::{Error, Result};
 pub use key::{Key, SectionId};
 pub use manager::{DataManager, Doc, Document, Get, UpdateOutcome};
@@ -62,4 +64,4 @@ pub use store::{
     Subscription, SubscriptionEvent,
 };
 pub use sync::{SyncConfig, SyncHandle, SyncService};
-pub use version::{Epoch, Stamp, Version};
+pub use version::{CommitId, Epoch, Stamp, Version};

@@ -66,11 +66,13 @@ pub fn conformance_subject(
     }))
 }
 
-/// A redis-server started by a test on its own port (so it may be flushed, killed and have its
-/// clients killed without touching anyone else's data); stopped by PID when dropped.
+/// A redis-server started by a test on its own port (so it may be flushed, paused, killed and
+/// have its clients killed without touching anyone else's data); stopped by PID when dropped.
 pub struct PrivateRedis {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// With persistence: the directory of its append-only file (removed when dropped).
+    dir: Option<std::path::PathBuf>,
     /// Extra `redis-server` arguments (e.g. `--requirepass`).
     extra: Vec<String>,
     /// Whether `port` is a TLS port (the plain port is then off).
@@ -80,12 +82,31 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     /// Starts one, or `None` (skip, or fail when services are required) without `redis-server`.
     pub async fn start() -> Option<PrivateRedis> {
-        Self::start_with(Vec::new(), false).await
+        Self::start_inner(None, Vec::new(), false).await
+    }
+
+    /// Starts one that keeps its data across [`restart`](Self::restart): an append-only file
+    /// synced on every write, in a directory of its own.
+    pub async fn start_persistent() -> Option<PrivateRedis> {
+        let dir = std::env::temp_dir().join(electric_testkit::unique("electric-aof"));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            services::skip_or_fail("a temporary directory", &e.to_string());
+            return None;
+        }
+        Self::start_inner(Some(dir), Vec::new(), false).await
     }
 
     /// Starts one with extra `redis-server` arguments; with `tls`, its port is a TLS port (the
     /// arguments must then name the certificate files) and the plain port is off.
     pub async fn start_with(extra: Vec<String>, tls: bool) -> Option<PrivateRedis> {
+        Self::start_inner(None, extra, tls).await
+    }
+
+    async fn start_inner(
+        dir: Option<std::path::PathBuf>,
+        extra: Vec<String>,
+        tls: bool,
+    ) -> Option<PrivateRedis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -93,6 +114,7 @@ impl PrivateRedis {
         let mut r = PrivateRedis {
             port,
             child: None,
+            dir,
             extra,
             tls,
         };
@@ -103,6 +125,22 @@ impl PrivateRedis {
         Some(r)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the server runs");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// The server's URL (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
         let scheme = if self.tls { "rediss" } else { "redis" };
@@ -110,16 +148,29 @@ impl PrivateRedis {
     }
 
     async fn spawn(&mut self) -> Result<(), String> {
+        let mut cmd = std::process::Command::new("redis-server");
         let port = self.port.to_string();
-        let ports = if self.tls {
-            vec!["--port", "0", "--tls-port", &port]
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port", &port]);
         } else {
-            vec!["--port", &port]
+            cmd.args(["--port", &port]);
+        }
+        cmd.args(["--bind", "127.0.0.1"]);
+        match &self.dir {
+            Some(dir) => cmd
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ])
+                .arg("--dir")
+                .arg(dir),
+            None => cmd.args(["--save", "", "--appendonly", "no", "--dir", "/tmp"]),
         };
-        let child = std::process::Command::new("redis-server")
-            .args(ports)
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
+        let child = cmd
             .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -138,7 +189,7 @@ impl PrivateRedis {
         Err("redis-server did not start listening".into())
     }
 
-    /// Stops the server (by PID).
+    /// Stops the server (by PID, `SIGKILL`: with persistence, only what was synced survives).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -146,7 +197,7 @@ impl PrivateRedis {
         }
     }
 
-    /// Starts it again on the same port (empty).
+    /// Starts it again on the same port: empty, or, when persistent, with what it had synced.
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn().await.expect("restart redis-server");
@@ -156,6 +207,9 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
