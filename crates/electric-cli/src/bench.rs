@@ -37,8 +37,23 @@ use rand::SeedableRng;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+/// The measurements, for `electric bench --help`.
+const MEASUREMENTS: &str = "\
+Measurements (in the order they run; --only takes their names):
+  commit_script_raw  the commit script called by SHA with pre-built arguments (the limit)
+  update             DataManager::update (closure, diff, commit) on a warm cache, distinct keys
+  load_raw           HGETALL of a document hash
+  load_decode        Store::load plus deserializing the order book (a cold get without the manager)
+  load               a cold DataManager::get (load, parse, deserialize, cache)
+  delivery           from the start of an update on manager A to the change applied on manager B,
+                     at a paced rate (also reports delivery_update, the writers' update latency)
+  delivery_max       pre-built deltas published as fast as possible; the rate one replica applies them
+Ratios: update_vs_raw (update / commit_script_raw), load_vs_raw (load / load_raw),
+load_vs_decode (load / load_decode), each reported when both of its measurements ran.";
+
 /// Options of `electric bench`.
 #[derive(Args, Debug)]
+#[command(after_help = MEASUREMENTS)]
 pub struct BenchArgs {
     /// Redis URL (comma-separated URLs: a cluster's seed nodes).
     #[arg(long, value_name = "URL")]
@@ -66,8 +81,8 @@ pub struct BenchArgs {
     /// `delivery_max` publisher), to compare with the default.
     #[arg(long)]
     no_tcp_nodelay: bool,
-    /// Run only these measurements (comma-separated names from the table above; a ratio is
-    /// reported when both of its measurements ran). Default: all.
+    /// Run only these measurements (comma-separated; each is described under "Measurements"
+    /// below). Default: all.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(NAMES))]
     only: Vec<String>,
 }

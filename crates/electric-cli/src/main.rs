@@ -15,8 +15,11 @@ use clap::{Parser, Subcommand};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Electric: versioned JSON documents shared live between services.
+///
+/// `electric demo` needs no server; the other commands talk to the servers named by their
+/// options. `electric <COMMAND> --help` describes each.
 #[derive(Parser)]
-#[command(name = "electric", version, about)]
+#[command(name = "electric", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,6 +76,34 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_top_level_help_describes_the_tool_and_lists_every_command() {
+        let mut cli = Cli::command();
+        let help = cli.render_help().to_string();
+        assert!(
+            help.starts_with("Electric: versioned JSON documents"),
+            "{help}"
+        );
+        let names: Vec<String> = cli
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        assert!(names.len() >= 5, "{names:?}");
+        for name in &names {
+            assert!(
+                help.lines()
+                    .any(|l| l.trim_start().starts_with(name.as_str())),
+                "{name} missing from\n{help}"
+            );
         }
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use electric::redis::RedisStore;
-use electric::store::Store;
 use electric::{DataManager, Key};
 use electric_testkit::services;
 use serde_json::Value;
@@ -49,18 +48,32 @@ fn store() -> Option<(tokio::runtime::Runtime, RedisStore)> {
     }
 }
 
+/// Deletes every key of the store's namespace: documents and `hammer`'s counters.
 fn cleanup(rt: &tokio::runtime::Runtime, store: &RedisStore) {
     rt.block_on(async {
         let _ = store.purge_namespace().await;
-        let done = format!("{}:hammer:done", store.layout().namespace());
-        let _ = store
-            .query::<u64>(electric::redis::redis::cmd("DEL").arg(done))
-            .await;
+        let pattern = format!("{}:hammer:*", store.layout().namespace());
+        let keys: Vec<String> = store
+            .query(electric::redis::redis::cmd("KEYS").arg(pattern))
+            .await
+            .unwrap_or_default();
+        for k in keys {
+            let _ = store
+                .query::<u64>(electric::redis::redis::cmd("DEL").arg(k))
+                .await;
+        }
     });
 }
 
+/// Every key of the store's namespace (documents, logs and counters).
+fn namespace_keys(rt: &tokio::runtime::Runtime, store: &RedisStore) -> Vec<String> {
+    let pattern = format!("{}:*", store.layout().namespace());
+    rt.block_on(store.query(electric::redis::redis::cmd("KEYS").arg(pattern)))
+        .expect("keys")
+}
+
 #[test]
-fn hammer_processes_lose_no_update() {
+fn hammer_processes_lose_no_update_report_their_counts_and_clean_up() {
     let Some((rt, store)) = store() else { return };
     let ns = store.layout().namespace().to_string();
     let (processes, docs) = (3, 3);
@@ -69,7 +82,7 @@ fn hammer_processes_lose_no_update() {
             electric()
                 .args(["hammer", "--redis", &url(), "--namespace", &ns])
                 .args(["--name", &format!("proc-{p}"), "--docs", &docs.to_string()])
-                .args(["--increments", "150", "--writers", "3"])
+                .args(["--run", "ci", "--increments", "150", "--writers", "3"])
                 .args(["--processes", &processes.to_string(), "--settle", "30"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -77,50 +90,43 @@ fn hammer_processes_lose_no_update() {
                 .expect("spawn electric hammer")
         })
         .collect();
-    let mut ok_total = 0;
+    let mut reports = Vec::new();
     let mut failures = Vec::new();
     for c in children {
         let out = c.wait_with_output().expect("hammer output");
-        let report: Value = match serde_json::from_slice(&out.stdout) {
-            Ok(r) => r,
-            Err(_) => {
-                failures.push(String::from_utf8_lossy(&out.stderr).to_string());
-                continue;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        match serde_json::from_slice::<Value>(&out.stdout) {
+            Ok(r) if out.status.success() => {
+                assert!(stderr.contains("partition hammer, section ci"), "{stderr}");
+                reports.push(r);
             }
-        };
-        if !out.status.success() || report["converged"] != true {
-            failures.push(format!("{report} {}", String::from_utf8_lossy(&out.stderr)));
+            Ok(r) => failures.push(format!("{r} {stderr}")),
+            Err(_) => failures.push(stderr),
         }
-        ok_total += report["ok"].as_u64().expect("ok count");
     }
-    let result = rt.block_on(async {
-        let m = DataManager::<serde_json::Map<String, Value>>::builder(
-            Arc::new(store.clone()),
-            "hammer",
-            "tallies",
-        )
-        .build()
-        .expect("manager");
-        let mut sum = 0;
-        for i in 0..docs {
-            let key: Key = m.key(&format!("doc-{i}")).expect("key");
-            let snap = store.load(&key).await.expect("load").expect("written");
-            sum += snap
-                .doc
-                .value("n")
-                .expect("json")
-                .and_then(|v| v.as_u64())
-                .expect("n");
-        }
-        sum
-    });
+    let leftover = namespace_keys(&rt, &store);
     cleanup(&rt, &store);
     assert!(failures.is_empty(), "processes failed: {failures:?}");
-    assert_eq!(
-        result, ok_total,
-        "final counters equal the successful increments"
-    );
+    let ok_total: u64 = reports.iter().map(|r| r["ok"].as_u64().expect("ok")).sum();
     assert_eq!(ok_total, 450, "every increment eventually succeeded");
+    for r in &reports {
+        assert_eq!(
+            (r["partition"].as_str(), r["section"].as_str()),
+            (Some("hammer"), Some("ci"))
+        );
+        assert_eq!(r["converged"], true, "{r}");
+        assert_eq!(r["exactly_once"], true, "{r}");
+        // Each process read the final counts after every process had finished writing.
+        assert_eq!(r["final_total"], 450, "{r}");
+        let name = r["name"].as_str().expect("name");
+        assert_eq!(r["final_by"][name], r["ok"], "{r}");
+    }
+    assert_eq!(
+        reports.iter().filter(|r| r["cleaned_up"] == true).count(),
+        1,
+        "the last process cleans up: {reports:?}"
+    );
+    assert!(leftover.is_empty(), "hammer left {leftover:?}");
 }
 
 #[test]
@@ -206,6 +212,12 @@ fn inspect_and_watch_show_what_was_written() {
     let out = inspect(&ns, "cart-1", true);
     let human = inspect(&ns, "cart-1", false);
     let missing = inspect(&ns, "nope", false);
+    let missing_json = inspect(&ns, "nope", true);
+    let short = electric()
+        .args(["inspect", "--redis", &url(), "--namespace", &ns])
+        .args(["shop", "carts", "cart-1", "--json", "--log", "2"])
+        .output()
+        .expect("inspect --log 2");
     cleanup(&rt, &store);
     assert!(
         out.status.success(),
@@ -229,6 +241,17 @@ fn inspect_and_watch_show_what_was_written() {
         assert!(human.contains(word), "{word} missing from\n{human}");
     }
     assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(missing_json.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&missing_json.stdout).expect("missing key as JSON");
+    assert_eq!(v["exists"], false);
+    assert_eq!(v["key"]["id"], "nope");
+    let v: Value = serde_json::from_slice(&short.stdout).expect("inspect --log 2");
+    let log = v["log"].as_array().expect("log");
+    assert_eq!(log.len(), 2, "{v}");
+    assert_eq!(v["log_length"], writes);
+    // The newest two, oldest first.
+    assert_eq!(log[1]["version"], writes);
+    assert_eq!(log[0]["version"], writes - 1);
 }
 
 /// A member a foreign writer left as broken JSON is shown as its text and listed, not an error.
@@ -329,4 +352,229 @@ fn bench_json_has_the_documented_shape() {
             "{ratio} spread in {v}"
         );
     }
+}
+
+/// A document with a foreign `__v` and a change log with an entry that is not a delta: inspect
+/// shows everything it can and marks what is wrong instead of failing.
+#[test]
+fn inspect_marks_a_bad_version_and_an_unreadable_log_entry() {
+    let Some((rt, store)) = store() else { return };
+    let ns = store.layout().namespace().to_string();
+    let m = DataManager::<serde_json::Map<String, Value>>::builder(
+        Arc::new(store.clone()),
+        "shop",
+        "carts",
+    )
+    .build()
+    .expect("manager");
+    let key = Key::new("shop", "carts", "foreign").expect("key");
+    let (doc_key, log_key) = (store.layout().doc_key(&key), store.layout().log_key(&key));
+    rt.block_on(async {
+        for i in 0..3 {
+            let _ = m
+                .update("foreign", |d| {
+                    d.insert("a".into(), i.into());
+                })
+                .await
+                .expect("write");
+        }
+        let cmd = electric::redis::redis::cmd;
+        store
+            .query::<u64>(cmd("HSET").arg(&doc_key).arg("__v").arg("abc"))
+            .await
+            .expect("hset");
+        store
+            .query::<String>(
+                cmd("XADD")
+                    .arg(&log_key)
+                    .arg("9-0")
+                    .arg("d")
+                    .arg("{not a delta"),
+            )
+            .await
+            .expect("xadd");
+    });
+    let json = inspect(&ns, "foreign", true);
+    let human = inspect(&ns, "foreign", false);
+    cleanup(&rt, &store);
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let v: Value = serde_json::from_slice(&json.stdout).expect("inspect JSON");
+    assert_eq!(v["version"], Value::Null, "{v}");
+    assert_eq!(v["reserved_fields"]["__v"], "abc");
+    assert_eq!(v["fields"]["a"], 2);
+    let log = v["log"].as_array().expect("log");
+    assert_eq!(log.len(), 4, "{v}");
+    assert_eq!(log[0]["version"], 1);
+    assert_eq!(log[3]["id"], "9-0");
+    assert!(log[3]["unreadable"].is_string(), "{v}");
+    let problems = v["problems"].as_array().expect("problems");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.contains("__v"))),
+        "{v}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.contains("unreadable"))),
+        "{v}"
+    );
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("abc (not a version)"), "{human}");
+    assert!(human.contains("UNREADABLE"), "{human}");
+}
+
+/// A redis-server this test starts on its own port, so its clients can be killed; stopped by
+/// PID when dropped.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start() -> Option<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                services::skip_or_fail("redis-server binary", &e.to_string());
+                return None;
+            }
+        };
+        let server = PrivateRedis { port, child };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("private redis-server did not start listening");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `watch` survives its subscription being killed: it subscribes again, prints a marker line
+/// saying deltas may have been missed, and goes on printing deltas.
+#[test]
+fn watch_subscribes_again_after_a_disconnect_and_marks_the_gap() {
+    use std::io::BufRead;
+    let Some(server) = PrivateRedis::start() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = rt
+        .block_on(RedisStore::builder(&server.url()).namespace("w").connect())
+        .expect("private store");
+    let mut watch = electric()
+        .args([
+            "watch",
+            "--redis",
+            &server.url(),
+            "--namespace",
+            "w",
+            "shop",
+            "carts",
+        ])
+        .args(["--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn electric watch");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let m = DataManager::<serde_json::Map<String, Value>>::builder(
+        Arc::new(store.clone()),
+        "shop",
+        "carts",
+    )
+    .build()
+    .expect("manager");
+    let mut writes = 0;
+    let mut write = || {
+        writes += 1;
+        let _ = rt
+            .block_on(m.update("cart", |d| {
+                d.insert("n".into(), Value::from(writes));
+            }))
+            .expect("update");
+    };
+    // Until the watcher prints its first delta (it may subscribe after the first writes).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        assert!(std::time::Instant::now() < deadline, "watch saw nothing");
+        write();
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) {
+            break line;
+        }
+    };
+    assert!(first.contains("cart"), "{first}");
+    let killed: u64 = rt
+        .block_on(
+            store.query(
+                electric::redis::redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub"),
+            ),
+        )
+        .expect("client kill");
+    assert!(killed >= 1);
+    let mut rest = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while watch.try_wait().expect("poll watch").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watch did not resume: {rest:?}"
+        );
+        write();
+        while let Ok(line) = lines.recv_timeout(Duration::from_millis(50)) {
+            rest.push(line);
+        }
+    }
+    let status = watch.wait().expect("watch status");
+    reader.join().expect("reader");
+    rest.extend(lines.try_iter());
+    assert!(status.success());
+    assert_eq!(rest.len(), 2, "a marker, then the second delta: {rest:?}");
+    assert!(
+        rest[0].starts_with("-- deltas may have been missed"),
+        "{rest:?}"
+    );
+    assert!(rest[1].contains("cart"), "{rest:?}");
 }

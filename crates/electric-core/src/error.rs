@@ -141,6 +141,14 @@ pub enum Error {
         /// What the backend reported.
         reason: String,
     },
+    /// The backend refused our credentials or a command (a wrong password, an ACL user without
+    /// the permission a call needs), or its TLS identity could not be verified. Retrying will
+    /// not help until the configuration changes; nothing was applied.
+    #[error("access denied: {reason}")]
+    AccessDenied {
+        /// What the backend reported.
+        reason: String,
+    },
     /// A bounded store is full: creating another document was refused (nothing was written).
     #[error("store is full: {limit} documents")]
     StoreFull {

@@ -34,6 +34,18 @@
 //! `PUBLISH`, which Redis Cluster broadcasts to every node; subscribers listen on any one node.
 //! `docs/redis-cluster-fanout.md` explains the choice and its measured cost.
 //!
+//! # Authentication and TLS
+//!
+//! Credentials come from the URL (`redis://user:password@host:port`) or from
+//! [`RedisStoreBuilder::username`] / [`RedisStoreBuilder::password`]. [`minimal_acl`] gives the
+//! rules of the smallest ACL user the store can work as; at connect the store checks that its
+//! user may run everything it needs ([`RedisStore::check_permissions`]) and otherwise refuses to
+//! start, naming what is missing. `rediss://` URLs use TLS (rustls, feature `tls`, on by
+//! default), verified against the system's roots or a private CA
+//! ([`RedisStoreBuilder::tls_root_ca`]), optionally with a client certificate
+//! ([`RedisStoreBuilder::tls_client_cert`]). A wrong or missing password, a denied command or a
+//! certificate that does not verify is [`Error::AccessDenied`], which is not retryable.
+//!
 //! # Errors and faults
 //!
 //! Redis errors never leak: connection problems, timeouts and cluster redirections that could
@@ -55,6 +67,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod acl;
 pub mod layout;
 mod scripts;
 
@@ -77,6 +90,7 @@ use redis::io::tcp::TcpSettings;
 use redis::{Cmd, IntoConnectionInfo, RedisError, RedisFuture, Script, Value as RValue};
 use tokio::sync::mpsc;
 
+pub use acl::minimal_acl;
 pub use layout::Layout;
 /// The Redis client crate this store is built on, for [`RedisStore::query`] callers.
 pub use redis;
@@ -104,6 +118,32 @@ pub struct RedisStoreBuilder {
     retry_deadline: Duration,
     tcp_nodelay: bool,
     fence_ttl: Duration,
+    username: Option<String>,
+    password: Option<String>,
+    tls: Tls,
+}
+
+/// TLS material beyond what a `rediss://` URL says (PEM text).
+#[derive(Clone, Default)]
+struct Tls {
+    root_ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Tls")
+            .field("root_ca", &self.root_ca.is_some())
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl Tls {
+    fn is_set(&self) -> bool {
+        self.root_ca.is_some() || self.client.is_some()
+    }
 }
 
 impl RedisStoreBuilder {
@@ -174,12 +214,47 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The ACL user to authenticate as (default: the URL's user name, else `default`).
+    /// [`minimal_acl`] gives the smallest set of permissions the store needs.
+    pub fn username(mut self, user: impl Into<String>) -> Self {
+        self.username = Some(user.into());
+        self
+    }
+
+    /// The password to authenticate with (default: the URL's password, else none), so it need
+    /// not appear in a URL. A wrong one makes [`connect`](Self::connect) fail with
+    /// [`Error::AccessDenied`].
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Trust the certificate authority in `pem` (instead of the system's roots) for `rediss://`
+    /// URLs, e.g. a private CA the servers' certificates are issued by.
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_ca = Some(pem.into());
+        self
+    }
+
+    /// Present this client certificate and private key (PEM) on `rediss://` connections, for
+    /// servers started with `tls-auth-clients yes`.
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     /// Validates the settings, connects and loads the scripts.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a bad URL, namespace or capacity; [`Error::Unavailable`]
-    /// when no connection could be made before the connect timeout.
+    /// [`Error::InvalidConfig`] for a bad URL, namespace or capacity, or TLS settings with a
+    /// plain `redis://` URL; [`Error::AccessDenied`] for a wrong password, an ACL user that may
+    /// not run what the store needs, or a server certificate that does not verify;
+    /// [`Error::Unavailable`] when no connection could be made before the connect timeout.
     pub async fn connect(self) -> Result<RedisStore> {
         electric_core::key::validate_part("id", &self.namespace)
             .map_err(|e| Error::InvalidConfig(format!("namespace {:?}: {e}", self.namespace)))?;
@@ -200,23 +275,46 @@ impl RedisStoreBuilder {
             .iter()
             .map(|u| {
                 let info = u.as_str().into_connection_info().map_err(invalid)?;
-                Ok(info.set_tcp_settings(tcp.clone()))
+                if self.tls.is_set() && !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. })
+                {
+                    return Err(Error::InvalidConfig(format!(
+                        "tls certificates are set but {u:?} is not a rediss:// url"
+                    )));
+                }
+                let mut settings = info.redis_settings().clone();
+                if let Some(user) = &self.username {
+                    settings = settings.set_username(user);
+                }
+                if let Some(password) = &self.password {
+                    settings = settings.set_password(password);
+                }
+                Ok(info
+                    .set_tcp_settings(tcp.clone())
+                    .set_redis_settings(settings))
             })
             .collect::<Result<Vec<_>>>()?;
         let clients = infos
             .iter()
-            .map(|i| redis::Client::open(i.clone()).map_err(invalid))
+            .map(|i| self.client(i.clone()))
             .collect::<Result<Vec<_>>>()?;
         let cluster = self.cluster || self.urls.len() > 1;
         let timeout = self.connect_timeout;
         let conn = if cluster {
-            let client = redis::cluster::ClusterClient::builder(infos)
+            let mut builder = redis::cluster::ClusterClient::builder(infos)
                 .tcp_settings(tcp)
                 .connection_timeout(self.connect_timeout)
                 .response_timeout(self.response_timeout)
-                .retries(3)
-                .build()
-                .map_err(invalid)?;
+                .retries(3);
+            if let Some(user) = &self.username {
+                builder = builder.username(user);
+            }
+            if let Some(password) = &self.password {
+                builder = builder.password(password);
+            }
+            if self.tls.is_set() {
+                builder = builder.certs(self.tls_certificates()?);
+            }
+            let client = builder.build().map_err(invalid)?;
             let c = tokio::time::timeout(timeout, client.get_async_connection())
                 .await
                 .map_err(|_| unavailable_timeout("cluster connect"))?
@@ -256,7 +354,44 @@ impl RedisStoreBuilder {
             }),
         };
         store.load_scripts().await?;
+        store.check_permissions().await?;
         Ok(store)
+    }
+
+    /// A client for one node, with this builder's TLS material when it has any.
+    fn client(&self, info: redis::ConnectionInfo) -> Result<redis::Client> {
+        let invalid = |e: RedisError| Error::InvalidConfig(format!("redis url: {e}"));
+        if !self.tls.is_set() {
+            return redis::Client::open(info).map_err(invalid);
+        }
+        #[cfg(feature = "tls")]
+        return redis::Client::build_with_tls(info, self.tls_certificates()?).map_err(invalid);
+        #[cfg(not(feature = "tls"))]
+        Err(Error::InvalidConfig(
+            "tls certificates need electric-redis's `tls` feature".into(),
+        ))
+    }
+
+    #[cfg(feature = "tls")]
+    fn tls_certificates(&self) -> Result<redis::TlsCertificates> {
+        Ok(redis::TlsCertificates {
+            client_tls: self
+                .tls
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.tls.root_ca.clone(),
+        })
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn tls_certificates(&self) -> Result<std::convert::Infallible> {
+        Err(Error::InvalidConfig(
+            "tls certificates need electric-redis's `tls` feature".into(),
+        ))
     }
 }
 
@@ -352,8 +487,9 @@ fn unavailable_timeout(what: &str) -> Error {
     }
 }
 
-/// Maps a redis error to ours: transient ones are `Unavailable`, our scripts' layout checks and
-/// `WRONGTYPE` are `Malformed`, the rest `Backend`.
+/// Maps a redis error to ours: refused credentials, ACL denials and certificates that do not
+/// verify are `AccessDenied`; transient ones are `Unavailable`; our scripts' layout checks and
+/// `WRONGTYPE` are `Malformed`; the rest `Backend`.
 pub(crate) fn map_err(e: RedisError) -> Error {
     let code = e.code().unwrap_or_default();
     if code == "ELECTRIC_MALFORMED" || code == "WRONGTYPE" {
@@ -361,6 +497,9 @@ pub(crate) fn map_err(e: RedisError) -> Error {
             what: "document",
             reason: e.to_string(),
         };
+    }
+    if let Some(reason) = access_denied(&e) {
+        return Error::AccessDenied { reason };
     }
     if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_cluster_error() {
         return Error::Unavailable {
@@ -405,6 +544,58 @@ enum Reply {
     Committed(electric_core::SharedDelta),
     Conflict(Option<Stamp>),
     Unknown(String),
+}
+
+/// Why `e` is a refusal that retrying cannot fix, if it is one: a wrong password (`WRONGPASS`,
+/// or the client's own authentication failure), a missing one (`NOAUTH`), an ACL denial
+/// (`NOPERM`, also when a script's command was denied), or a TLS certificate that does not
+/// verify.
+fn access_denied(e: &RedisError) -> Option<String> {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return Some(format!("redis refused the credentials: {e}"));
+    }
+    let code = e.code().unwrap_or_default();
+    if matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM") {
+        return Some(format!("redis: {e}"));
+    }
+    // A command a script runs is checked against the caller's ACL too; Redis 7 reports the
+    // refusal as the script's error ("The user executing the script can't run this command…",
+    // "…can't publish to the channel…"), without naming the command.
+    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+        && e.detail()
+            .is_some_and(|d| d.contains("The user executing the script can't"))
+    {
+        return Some(format!("redis refused a command of a script (ACL): {e}"));
+    }
+    #[cfg(feature = "tls")]
+    if let Some(tls) = rustls_error(e) {
+        if matches!(
+            tls,
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::AlertReceived(_)
+        ) {
+            return Some(format!("redis tls: {tls}"));
+        }
+    }
+    None
+}
+
+/// The rustls error behind `e`, if the connection failed in the TLS handshake. redis keeps the
+/// I/O error as an `Arc<dyn Error>` (whose own `source` skips the I/O error), and the I/O error
+/// holds the rustls error as its payload.
+#[cfg(feature = "tls")]
+fn rustls_error(e: &RedisError) -> Option<&rustls::Error> {
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    let cause = std::error::Error::source(e)?;
+    let inner: &(dyn std::error::Error + 'static) = match cause.downcast_ref::<Shared>() {
+        Some(shared) => &**shared,
+        None => cause,
+    };
+    inner
+        .downcast_ref::<std::io::Error>()?
+        .get_ref()?
+        .downcast_ref::<rustls::Error>()
 }
 
 fn malformed(what: &'static str, reason: impl Into<String>) -> Error {
@@ -468,6 +659,9 @@ impl RedisStore {
             retry_deadline: Duration::from_secs(3),
             tcp_nodelay: true,
             fence_ttl: DEFAULT_FENCE_TTL,
+            username: None,
+            password: None,
+            tls: Tls::default(),
         }
     }
 
@@ -520,6 +714,44 @@ impl RedisStore {
                 .map_err(map_err)?;
         }
         Ok(())
+    }
+
+    /// Checks that the store's Redis user may run every command the store needs on its keys and
+    /// channels (see [`minimal_acl`]); done at connect.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AccessDenied`] naming every command refused; [`Error::Unavailable`] /
+    /// [`Error::Backend`].
+    pub async fn check_permissions(&self) -> Result<()> {
+        let l = &self.inner.layout;
+        let probe = Key::new("acl", "probe", "probe")?;
+        let mut conn = self.inner.conn.clone();
+        let denied: Vec<String> = Script::new(acl::PROBE)
+            .key(l.doc_key(&probe))
+            .key(l.log_key(&probe))
+            .key(l.fence_key(&probe))
+            .arg(l.channel(&probe.section_id()))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| match map_err(e) {
+                Error::AccessDenied { reason } => Error::AccessDenied {
+                    reason: format!(
+                        "the redis user may not use namespace {:?} ({reason})",
+                        l.namespace()
+                    ),
+                },
+                other => other,
+            })?;
+        if denied.is_empty() {
+            return Ok(());
+        }
+        Err(Error::AccessDenied {
+            reason: format!(
+                "the redis user may not run {} (electric_redis::minimal_acl lists what the store needs)",
+                denied.join(", ")
+            ),
+        })
     }
 
     /// Runs a raw command (through the cluster routing when on a cluster), mapping errors.
@@ -1119,6 +1351,14 @@ mod tests {
         assert!(matches!(map_err(io), Error::Unavailable { .. }));
         let client = RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad"));
         assert!(matches!(map_err(client), Error::Backend { .. }));
+        let auth = RedisError::from((redis::ErrorKind::AuthenticationFailed, "wrong"));
+        assert!(matches!(map_err(auth), Error::AccessDenied { .. }));
+        let script = RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "denied",
+            "The user executing the script can't run this command or subcommand".to_string(),
+        ));
+        assert!(matches!(map_err(script), Error::AccessDenied { .. }));
     }
 
     #[test]

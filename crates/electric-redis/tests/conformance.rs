@@ -1,8 +1,8 @@
 //! The store conformance suite against a single Redis node and a Redis Cluster.
 //!
 //! Single node: `ELECTRIC_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
-//! Cluster: `ELECTRIC_TEST_REDIS_CLUSTER_URL` (comma-separated seed URLs; `.ci/run` starts a
-//! three-master cluster on ports 7101-7103 and sets it). Each check uses a fresh namespace and
+//! Cluster: `ELECTRIC_TEST_REDIS_CLUSTER_URL` (comma-separated seed URLs; `.ci/services up` starts a
+//! three-master cluster on ports 7101-7103, the default). Each check uses a fresh namespace and
 //! deletes it afterwards.
 
 mod common;

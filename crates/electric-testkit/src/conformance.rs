@@ -37,6 +37,10 @@ pub struct StoreUnderTest {
 /// `store_conformance!(with_cleanup: factory)` takes a factory yielding
 /// `Option<(StoreUnderTest, impl Future<Output = ()>)>`; the future runs after each check, even
 /// a failing one (e.g. to delete the keys a check left in a shared server).
+///
+/// `store_conformance!(run_all: factory)`, inside a test, is a future that runs every check in
+/// turn, each on a `StoreUnderTest` the factory future yields (for a backend a test starts
+/// itself, such as a private server).
 #[macro_export]
 macro_rules! store_conformance {
     (@names @$mode:ident $factory:expr) => {
@@ -76,6 +80,14 @@ macro_rules! store_conformance {
                 }
             }
         )*
+    };
+    (@run_all $factory:expr; $($name:ident),*) => {
+        async {
+            $( $crate::conformance::$name($factory.await).await; )*
+        }
+    };
+    (run_all: $factory:expr) => {
+        $crate::store_conformance!(@names @run_all $factory)
     };
     (with_cleanup: $factory:expr) => {
         $crate::store_conformance!(@names @cleanup $factory);

@@ -14,11 +14,13 @@ pub fn redis_url() -> String {
     services::service_url("REDIS", "redis://127.0.0.1:6379")
 }
 
-/// The cluster seed URLs under test (comma-separated), if configured.
-pub fn cluster_url() -> Option<String> {
-    std::env::var("ELECTRIC_TEST_REDIS_CLUSTER_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
+/// The cluster seed URLs under test (comma-separated): `ELECTRIC_TEST_REDIS_CLUSTER_URL`, or the
+/// cluster `.ci/services up` starts on 7101-7103.
+pub fn cluster_url() -> String {
+    services::service_url(
+        "REDIS_CLUSTER",
+        "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103",
+    )
 }
 
 /// A store in a fresh namespace on `url`, or `None` (skipping, or failing when services are
@@ -46,16 +48,7 @@ pub async fn single(log_capacity: usize) -> Option<RedisStore> {
 
 /// A cluster store in a fresh namespace.
 pub async fn cluster(log_capacity: usize) -> Option<RedisStore> {
-    match cluster_url() {
-        Some(url) => store_at(&url, "redis cluster", log_capacity).await,
-        None => {
-            services::skip_or_fail(
-                "redis cluster",
-                "ELECTRIC_TEST_REDIS_CLUSTER_URL is not set (.ci/run starts one)",
-            );
-            None
-        }
-    }
+    store_at(&cluster_url(), "redis cluster", log_capacity).await
 }
 
 /// A conformance subject plus the cleanup deleting its namespace.
@@ -78,6 +71,10 @@ pub fn conformance_subject(
 pub struct PrivateRedis {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// Extra `redis-server` arguments (e.g. `--requirepass`).
+    extra: Vec<String>,
+    /// Whether `port` is a TLS port (the plain port is then off).
+    tls: bool,
     /// With persistence: the directory of its append-only file (removed when dropped).
     dir: Option<std::path::PathBuf>,
 }
@@ -85,7 +82,7 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     /// Starts one, or `None` (skip, or fail when services are required) without `redis-server`.
     pub async fn start() -> Option<PrivateRedis> {
-        Self::start_with(None).await
+        Self::start_with(Vec::new(), false).await
     }
 
     /// Starts one that keeps its data across [`restart`](Self::restart): an append-only file
@@ -96,10 +93,20 @@ impl PrivateRedis {
             services::skip_or_fail("a temporary directory", &e.to_string());
             return None;
         }
-        Self::start_with(Some(dir)).await
+        // Later arguments override the defaults `spawn` gives first.
+        let extra = ["--appendonly", "yes", "--appendfsync", "always", "--dir"]
+            .into_iter()
+            .map(String::from)
+            .chain([dir.display().to_string()])
+            .collect();
+        let mut r = Self::start_with(extra, false).await?;
+        r.dir = Some(dir);
+        Some(r)
     }
 
-    async fn start_with(dir: Option<std::path::PathBuf>) -> Option<PrivateRedis> {
+    /// Starts one with extra `redis-server` arguments; with `tls`, its port is a TLS port (the
+    /// arguments must then name the certificate files) and the plain port is off.
+    pub async fn start_with(extra: Vec<String>, tls: bool) -> Option<PrivateRedis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -107,7 +114,9 @@ impl PrivateRedis {
         let mut r = PrivateRedis {
             port,
             child: None,
-            dir,
+            extra,
+            tls,
+            dir: None,
         };
         if let Err(e) = r.spawn().await {
             services::skip_or_fail("redis-server binary", &e);
@@ -132,29 +141,24 @@ impl PrivateRedis {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
-    /// The server's URL.
+    /// The server's URL (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     async fn spawn(&mut self) -> Result<(), String> {
-        let mut cmd = std::process::Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
-        match &self.dir {
-            Some(dir) => cmd
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                ])
-                .arg("--dir")
-                .arg(dir),
-            None => cmd.args(["--save", "", "--appendonly", "no", "--dir", "/tmp"]),
+        let port = self.port.to_string();
+        let ports = if self.tls {
+            vec!["--port", "0", "--tls-port", &port]
+        } else {
+            vec!["--port", &port]
         };
-        let child = cmd
+        let child = std::process::Command::new("redis-server")
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
