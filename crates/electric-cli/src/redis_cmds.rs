@@ -476,6 +476,8 @@ pub fn error_kind(e: &electric::Error) -> &'static str {
     use electric::Error as E;
     match e {
         E::Unavailable { .. } => "unavailable",
+        E::Indeterminate { .. } => "indeterminate",
+        E::NonFiniteNumber { .. } => "non_finite_number",
         E::Conflict { .. } => "conflict",
         E::AccessDenied { .. } => "access_denied",
         E::Backend { .. } => "backend",
