@@ -597,7 +597,12 @@ pub async fn hammer(args: HammerArgs) -> anyhow::Result<ExitCode> {
     let cleaned_up = !args.keep && checked >= args.processes;
     if cleaned_up {
         for i in 0..args.docs {
-            m.delete(&format!("doc-{i}")).await?;
+            let id = format!("doc-{i}");
+            m.delete(&id).await?;
+            // Every process has finished, so no late copy of a write can still arrive: the
+            // records that would fence one go too.
+            let fence = store.layout().fence_key(&m.key(&id)?);
+            store.query::<u64>(rcmd("DEL").arg(&fence)).await?;
         }
         store
             .query::<u64>(rcmd("DEL").arg(&done_key).arg(&checked_key))

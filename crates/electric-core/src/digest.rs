@@ -100,15 +100,17 @@ impl Digest {
     /// and removes only at the ends of arrays) and for patches of `replace` operations, which
     /// change nothing but their own paths; `None` for a `move` or `copy`, whose digest the
     /// caller computes from the whole document instead.
-    pub(crate) fn after(self, ops: &[PatchOperation], olds: &[Option<Value>]) -> Option<Digest> {
+    pub(crate) fn after<'v>(
+        self,
+        ops: &[PatchOperation],
+        olds: impl IntoIterator<Item = Option<&'v Value>>,
+    ) -> Option<Digest> {
         ops.iter()
             .zip(olds)
             .try_fold(self, |d, (op, old)| match op {
-                PatchOperation::Replace(r) => {
-                    Some(d.replaced(&r.path, old.as_ref(), Some(&r.value)))
-                }
-                PatchOperation::Add(a) => Some(d.replaced(&a.path, old.as_ref(), Some(&a.value))),
-                PatchOperation::Remove(r) => Some(d.replaced(&r.path, old.as_ref(), None)),
+                PatchOperation::Replace(r) => Some(d.replaced(&r.path, old, Some(&r.value))),
+                PatchOperation::Add(a) => Some(d.replaced(&a.path, old, Some(&a.value))),
+                PatchOperation::Remove(r) => Some(d.replaced(&r.path, old, None)),
                 PatchOperation::Test(_) => Some(d),
                 PatchOperation::Move(_) | PatchOperation::Copy(_) => None,
             })

@@ -30,8 +30,9 @@ pub(crate) const COMMANDS: &[&str] = &[
     "xadd",
     "xrange",
     "publish",
-    "zadd",
+    // The fence set (records of creates and deletes, for exactly-once writes).
     "zscore",
+    "zadd",
     "zremrangebyscore",
 ];
 
@@ -73,8 +74,8 @@ local checks = {
   {'hgetall', doc}, {'hmget', doc, '__v'}, {'exists', doc}, {'pttl', doc},
   {'time'}, {'hset', doc, '__v', '1'}, {'hdel', doc, '__v'}, {'del', doc},
   {'pexpire', doc, '1'}, {'xadd', log, '1-0', 'd', 'x'}, {'xrange', log, '-', '+'},
-  {'publish', channel, 'x'}, {'zadd', fence, '1', 'x'}, {'zscore', fence, 'x'},
-  {'zremrangebyscore', fence, '-inf', '1'},
+  {'publish', channel, 'x'}, {'zscore', fence, 'x'}, {'zadd', fence, '1', 'x'},
+  {'zremrangebyscore', fence, '0', '1'},
 }
 local denied = {}
 for _, c in ipairs(checks) do

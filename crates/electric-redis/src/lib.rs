@@ -516,6 +516,36 @@ pub(crate) fn map_err(e: RedisError) -> Error {
     }
 }
 
+/// Maps an error of a write (a commit, a resolution, a delete) to ours. A request that may have
+/// reached Redis without its reply coming back — a timeout, a connection that broke once the
+/// request could have been written — is [`Error::Indeterminate`]: the write may have been
+/// applied. A reply from Redis (even an error), a connection that was never made, or a cluster
+/// that could not route the request means nothing was written and maps as for reads.
+pub(crate) fn write_err(e: RedisError, key: &Key, id: CommitId) -> Error {
+    let never_sent =
+        e.is_connection_refusal() || e.kind() == redis::ErrorKind::ClusterConnectionNotFound;
+    // A reply that could not be parsed was a reply: the request ran.
+    let lost_reply = e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_io_error()
+        || e.kind() == redis::ErrorKind::Parse;
+    if !never_sent && e.code().is_none() && lost_reply {
+        return Error::Indeterminate {
+            key: key.clone(),
+            commit: id,
+            reason: e.to_string(),
+        };
+    }
+    map_err(e)
+}
+
+/// What the commit script replied.
+enum Reply {
+    Committed(electric_core::SharedDelta),
+    Conflict(Option<Stamp>),
+    Unknown(String),
+}
+
 /// Why `e` is a refusal that retrying cannot fix, if it is one: a wrong password (`WRONGPASS`,
 /// or the client's own authentication failure), a missing one (`NOAUTH`), an ACL denial
 /// (`NOPERM`, also when a script's command was denied), or a TLS certificate that does not
@@ -566,36 +596,6 @@ fn rustls_error(e: &RedisError) -> Option<&rustls::Error> {
         .downcast_ref::<std::io::Error>()?
         .get_ref()?
         .downcast_ref::<rustls::Error>()
-}
-
-/// Maps an error of a write (a commit, a resolution, a delete) to ours. A request that may have
-/// reached Redis without its reply coming back — a timeout, a connection that broke once the
-/// request could have been written — is [`Error::Indeterminate`]: the write may have been
-/// applied. A reply from Redis (even an error), a connection that was never made, or a cluster
-/// that could not route the request means nothing was written and maps as for reads.
-pub(crate) fn write_err(e: RedisError, key: &Key, id: CommitId) -> Error {
-    let never_sent =
-        e.is_connection_refusal() || e.kind() == redis::ErrorKind::ClusterConnectionNotFound;
-    // A reply that could not be parsed was a reply: the request ran.
-    let lost_reply = e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_io_error()
-        || e.kind() == redis::ErrorKind::Parse;
-    if !never_sent && e.code().is_none() && lost_reply {
-        return Error::Indeterminate {
-            key: key.clone(),
-            commit: id,
-            reason: e.to_string(),
-        };
-    }
-    map_err(e)
-}
-
-/// What the commit script replied.
-enum Reply {
-    Committed(electric_core::SharedDelta),
-    Conflict(Option<Stamp>),
-    Unknown(String),
 }
 
 fn malformed(what: &'static str, reason: impl Into<String>) -> Error {

@@ -18,8 +18,8 @@ pub(super) struct Applied<T> {
     /// The document's JSON size: exact after a snapshot, otherwise the last known size adjusted
     /// by the delta.
     json_len: u32,
-    /// The digest of `tree`, computed here.
-    digest: Digest,
+    /// The digest of `tree`, computed here (`None` with digests turned off).
+    digest: Option<Digest>,
 }
 
 /// Why a delta was not applied.
@@ -139,7 +139,7 @@ impl<T: Document> DataManager<T> {
     pub(super) fn apply_to(&self, doc: &Doc<T>, delta: &Delta) -> Result<Applied<T>, Refused> {
         let key = &delta.key;
         let (tree, digest) = match self.take_tree(key.id(), doc.stamp(), false) {
-            Some((tree, digest)) => (tree, Some(digest)),
+            Some((tree, digest)) => (tree, digest),
             None => (
                 self.to_object(key, doc.value()).map_err(Refused::Patch)?,
                 None,
@@ -162,15 +162,14 @@ impl<T: Document> DataManager<T> {
                 found: json_type(&json),
             }));
         };
-        let found = match (digest, olds) {
-            (Some(before), Some(olds)) => {
-                let olds: Vec<Option<Value>> = olds.into_iter().map(Some).collect();
-                before.after(&delta.ops, &olds)
+        let found = self.inner.config.digests.then(|| {
+            match (digest, olds) {
+                (Some(before), Some(olds)) => before.after(&delta.ops, olds.iter().map(Some)),
+                _ => None,
             }
-            _ => None,
-        }
-        .unwrap_or_else(|| Digest::of(&tree));
-        if let Some(claimed) = delta.digest {
+            .unwrap_or_else(|| Digest::of(&tree))
+        });
+        if let (Some(claimed), Some(found)) = (delta.digest, found) {
             if claimed != found {
                 return Err(Refused::Digest { claimed, found });
             }
@@ -211,7 +210,7 @@ impl<T: Document> DataManager<T> {
                 stamp: Some(delta.stamp()),
                 change_time: delta.change_time,
                 json_len,
-                digest: Some(digest),
+                digest,
                 touched: AtomicU64::new(self.inner.clock.now()),
             },
         )

@@ -29,8 +29,9 @@ pub(super) struct Tree {
     /// update against such a tree would remove them, so updates only use exact trees.
     pub(super) exact: bool,
     pub(super) doc: Map<String, Value>,
-    /// The digest of `doc`, computed from it (never taken on trust from the store).
-    pub(super) digest: Digest,
+    /// The digest of `doc`, computed from it (never taken on trust from the store); `None` with
+    /// digests turned off.
+    pub(super) digest: Option<Digest>,
 }
 
 impl<T: Document> DataManager<T> {
@@ -42,7 +43,7 @@ impl<T: Document> DataManager<T> {
         id: &str,
         stamp: Option<Stamp>,
         exact: bool,
-    ) -> Option<(Map<String, Value>, Digest)> {
+    ) -> Option<(Map<String, Value>, Option<Digest>)> {
         let slot = self.inner.trees.as_ref()?.get(id)?;
         let tree = slot
             .tree
@@ -59,7 +60,7 @@ impl<T: Document> DataManager<T> {
         &self,
         id: &str,
         stamp: Stamp,
-        (doc, digest): (Map<String, Value>, Digest),
+        (doc, digest): (Map<String, Value>, Option<Digest>),
         exact: bool,
         json_len: u32,
     ) {

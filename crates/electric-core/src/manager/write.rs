@@ -75,7 +75,7 @@ impl<T: Document> DataManager<T> {
             // The old tree, and its digest when it is known without walking it.
             let (mut tree, old_digest, mut value) = match &current {
                 Some(d) => match self.take_tree(id, expected, true) {
-                    Some((tree, digest)) => (tree, Some(digest), d.value().clone()),
+                    Some((tree, digest)) => (tree, digest, d.value().clone()),
                     None => (self.to_object(&key, d.value())?, None, d.value().clone()),
                 },
                 None => (
@@ -92,11 +92,14 @@ impl<T: Document> DataManager<T> {
                 path: n.path,
                 value: n.value,
             };
+            let digests = inner.config.digests;
             let (new_json, ops, digest) = match patch::diff_into(&mut tree, &value, &mut log) {
                 Ok(()) => {
-                    let digest = old_digest
-                        .and_then(|d| d.after(&log.ops, &log.olds))
-                        .unwrap_or_else(|| Digest::of(&tree));
+                    let digest = digests.then(|| {
+                        old_digest
+                            .and_then(|d| d.after(&log.ops, log.olds.iter().map(Option::as_ref)))
+                            .unwrap_or_else(|| Digest::of(&tree))
+                    });
                     (tree, log.ops, digest)
                 }
                 // The kept tree is dropped half-updated; the cache still holds the old value.
@@ -118,7 +121,7 @@ impl<T: Document> DataManager<T> {
                     let Value::Object(new) = new else {
                         unreachable!("built from a map");
                     };
-                    let digest = Digest::of(&new);
+                    let digest = digests.then(|| Digest::of(&new));
                     (new, ops, digest)
                 }
             };
@@ -152,7 +155,7 @@ impl<T: Document> DataManager<T> {
                             stamp: Some(delta.stamp()),
                             change_time: delta.change_time,
                             json_len,
-                            digest: Some(digest),
+                            digest,
                             touched: AtomicU64::new(inner.clock.refresh()),
                         },
                     );
@@ -265,7 +268,7 @@ impl<T: Document> DataManager<T> {
         expected: Option<Stamp>,
         new: &Map<String, Value>,
         ops: Patch,
-        digest: Digest,
+        digest: Option<Digest>,
     ) -> Result<(Commit, usize)> {
         let config = &self.inner.config;
         let text = |v: &Value| serde_json::value::to_raw_value(v).map_err(|e| Error::serde(key, e));
@@ -331,7 +334,7 @@ impl<T: Document> DataManager<T> {
             ops,
             origin: self.inner.origin.clone(),
             ttl: config.ttl,
-            digest: Some(digest),
+            digest,
         };
         Ok((commit, size))
     }

@@ -729,7 +729,7 @@ mod tests {
         let before = Digest::of(&tree);
         diff_into(&mut tree, new, &mut log).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(
-            before.after(&log.ops, &log.olds),
+            before.after(&log.ops, log.olds.iter().map(Option::as_ref)),
             Some(Digest::of(&tree)),
             "the digest follows the operations"
         );

@@ -1,6 +1,7 @@
 //! [`MemoryStore`]: the embedded store, with the same semantics as the Redis one.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,8 +21,11 @@ use crate::error::{Error, Result};
 use crate::key::{Key, SectionId};
 use crate::version::{now_millis, CommitId, Epoch, Stamp, Version};
 
-/// Default number of deltas kept per key in the change log.
-pub const DEFAULT_LOG_CAPACITY: usize = 1000;
+/// Default number of deltas kept per key in the change log. Deltas are held as parsed values
+/// (about 750 bytes each for an order book's five-leaf patch), so the log is what an embedded
+/// store's memory grows with: 128 keeps `electric demo` (200 documents) under 100 MB. A replica
+/// further behind on a key reloads it instead, which costs little in process.
+pub const DEFAULT_LOG_CAPACITY: usize = 128;
 /// Default number of deltas buffered per section channel for each subscriber.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
 /// Default maximum number of live documents.
@@ -38,9 +42,11 @@ pub const DEFAULT_FENCE_TTL: Duration = Duration::from_secs(3600);
 /// Bounds and what happens at them:
 /// - each key's change log keeps the newest `log_capacity` deltas; older ones are dropped and
 ///   [`Store::changes_since`] reports [`Changes::Trimmed`];
-/// - each section channel buffers `channel_capacity` deltas per subscriber; a subscriber that
-///   falls further behind loses the oldest ones and receives [`SubscriptionEvent::Lagged`] with
-///   the number lost, so it can resynchronise from the log;
+/// - each section channel buffers `channel_capacity` deltas per subscriber; while a subscriber
+///   is half that behind, committers to the section yield once before each commit (backpressure
+///   that never stalls them, counted in [`MemoryStore::held_back`]); a subscriber that falls
+///   further behind still loses the oldest deltas and receives [`SubscriptionEvent::Lagged`]
+///   with the number lost, so it can resynchronise from the log;
 /// - it holds at most `max_documents` live documents; a commit that would create one more fails
 ///   with [`Error::StoreFull`] and writes nothing (expired documents are swept first);
 /// - it keeps a record of every create and delete (and of every create [`Store::resolve`]
@@ -85,6 +91,7 @@ struct Inner {
     channel_capacity: usize,
     max_documents: usize,
     fence_ttl: Duration,
+    held_back: AtomicU64,
 }
 
 #[derive(Default)]
@@ -204,6 +211,7 @@ impl MemoryStoreBuilder {
                 channel_capacity: self.channel_capacity,
                 max_documents: self.max_documents,
                 fence_ttl: self.fence_ttl,
+                held_back: AtomicU64::new(0),
             }),
         })
     }
@@ -274,6 +282,32 @@ impl MemoryStore {
     /// Whether the store holds no live document.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Backpressure from slow subscribers: while a subscriber of `key`'s section is at least
+    /// half its buffer behind, a committer yields to the scheduler once before committing.
+    ///
+    /// An embedded commit never waits on anything, so without this the writers' tasks produce
+    /// deltas as fast as the CPU allows, each getting as long a turn on the runtime as a
+    /// subscriber's reader (which has to take every writer's deltas) and its appliers; on a busy
+    /// machine with many documents (little contention, few conflicts to slow the writers) the
+    /// subscribers fell behind until their buffers overflowed and every replica was repaired by
+    /// anti-entropy. One yield per commit gives every other task a turn per commit, so the
+    /// subscribers keep up, yet a subscriber nobody reads can only cost a yield, never stall
+    /// writers (it still overflows and is told `Lagged`).
+    async fn hold_back(&self, key: &Key) {
+        let behind = lock(&self.inner.channels)
+            .get(&key.section_id())
+            .is_some_and(|tx| tx.len() * 2 >= self.inner.channel_capacity);
+        if behind {
+            self.inner.held_back.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// How many commits yielded because a subscriber was behind (see the type's docs).
+    pub fn held_back(&self) -> u64 {
+        self.inner.held_back.load(Ordering::Relaxed)
     }
 
     fn publish(&self, delta: &SharedDelta) {
@@ -506,6 +540,7 @@ impl Store for MemoryStore {
                 "commit kind must be patch or snapshot; use delete()".into(),
             ));
         }
+        self.hold_back(&commit.key).await;
         Ok(match self.decide(commit, false)? {
             Decision::Committed(delta) => CommitOutcome::Committed(delta),
             Decision::Conflict(actual) => CommitOutcome::Conflict { actual },

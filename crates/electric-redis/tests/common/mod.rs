@@ -66,23 +66,23 @@ pub fn conformance_subject(
     }))
 }
 
-/// A redis-server started by a test on its own port (so it may be flushed, paused, killed and
-/// have its clients killed without touching anyone else's data); stopped by PID when dropped.
+/// A redis-server started by a test on its own port (so it may be flushed, killed and have its
+/// clients killed without touching anyone else's data); stopped by PID when dropped.
 pub struct PrivateRedis {
     pub port: u16,
     child: Option<std::process::Child>,
-    /// With persistence: the directory of its append-only file (removed when dropped).
-    dir: Option<std::path::PathBuf>,
     /// Extra `redis-server` arguments (e.g. `--requirepass`).
     extra: Vec<String>,
     /// Whether `port` is a TLS port (the plain port is then off).
     tls: bool,
+    /// With persistence: the directory of its append-only file (removed when dropped).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl PrivateRedis {
     /// Starts one, or `None` (skip, or fail when services are required) without `redis-server`.
     pub async fn start() -> Option<PrivateRedis> {
-        Self::start_inner(None, Vec::new(), false).await
+        Self::start_with(Vec::new(), false).await
     }
 
     /// Starts one that keeps its data across [`restart`](Self::restart): an append-only file
@@ -93,20 +93,20 @@ impl PrivateRedis {
             services::skip_or_fail("a temporary directory", &e.to_string());
             return None;
         }
-        Self::start_inner(Some(dir), Vec::new(), false).await
+        // Later arguments override the defaults `spawn` gives first.
+        let extra = ["--appendonly", "yes", "--appendfsync", "always", "--dir"]
+            .into_iter()
+            .map(String::from)
+            .chain([dir.display().to_string()])
+            .collect();
+        let mut r = Self::start_with(extra, false).await?;
+        r.dir = Some(dir);
+        Some(r)
     }
 
     /// Starts one with extra `redis-server` arguments; with `tls`, its port is a TLS port (the
     /// arguments must then name the certificate files) and the plain port is off.
     pub async fn start_with(extra: Vec<String>, tls: bool) -> Option<PrivateRedis> {
-        Self::start_inner(None, extra, tls).await
-    }
-
-    async fn start_inner(
-        dir: Option<std::path::PathBuf>,
-        extra: Vec<String>,
-        tls: bool,
-    ) -> Option<PrivateRedis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -114,9 +114,9 @@ impl PrivateRedis {
         let mut r = PrivateRedis {
             port,
             child: None,
-            dir,
             extra,
             tls,
+            dir: None,
         };
         if let Err(e) = r.spawn().await {
             services::skip_or_fail("redis-server binary", &e);
@@ -148,29 +148,16 @@ impl PrivateRedis {
     }
 
     async fn spawn(&mut self) -> Result<(), String> {
-        let mut cmd = std::process::Command::new("redis-server");
         let port = self.port.to_string();
-        if self.tls {
-            cmd.args(["--port", "0", "--tls-port", &port]);
+        let ports = if self.tls {
+            vec!["--port", "0", "--tls-port", &port]
         } else {
-            cmd.args(["--port", &port]);
-        }
-        cmd.args(["--bind", "127.0.0.1"]);
-        match &self.dir {
-            Some(dir) => cmd
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                ])
-                .arg("--dir")
-                .arg(dir),
-            None => cmd.args(["--save", "", "--appendonly", "no", "--dir", "/tmp"]),
+            vec!["--port", &port]
         };
-        let child = cmd
+        let child = std::process::Command::new("redis-server")
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
             .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
