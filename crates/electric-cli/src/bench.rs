@@ -13,8 +13,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use electric::redis::redis::IntoConnectionInfo;
 use electric::redis::RedisStore;
 use electric::store::{Commit, Store};
 use electric::sync::{SyncConfig, SyncService};
-use electric::{Delta, DeltaKind};
+use electric::{CommitId, Delta, DeltaKind, Digest};
 use electric_testkit::orderbook::OrderBook;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -36,6 +37,8 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+
+use crate::bench_kv::{CountingProxy, NatsKv};
 
 /// The measurements, for `electric bench --help`.
 const MEASUREMENTS: &str = "\
@@ -48,8 +51,19 @@ Measurements (in the order they run; --only takes their names):
   delivery           from the start of an update on manager A to the change applied on manager B,
                      at a paced rate (also reports delivery_update, the writers' update latency)
   delivery_max       pre-built deltas published as fast as possible; the rate one replica applies them
+  delivery_max_raw   the same deltas to a subscriber that only receives and decodes them
+With --compare nats-kv, in the same rounds against a NATS KV bucket holding the same documents:
+  nats_kv_update     read-modify-write of a locally kept document: the same mutation, the whole
+                     value serialized and stored with kv.update(key, value, revision)
+  nats_kv_load       kv.get plus deserializing the order book
+  nats_kv_delivery_max  the same documents' new values published as fast as possible; the rate
+                     one kv.watch receiver decodes them
+  and the bytes per update each system's writer sends and each receiver gets (through a
+  counting proxy; single node only).
 Ratios: update_vs_raw (update / commit_script_raw), load_vs_raw (load / load_raw),
-load_vs_decode (load / load_decode), each reported when both of its measurements ran.";
+load_vs_decode (load / load_decode), delivery_max_vs_raw (delivery_max / delivery_max_raw),
+update_vs_nats_kv, load_vs_nats_kv, delivery_max_vs_nats_kv (higher is better), each reported
+when both of its measurements ran.";
 
 /// Options of `electric bench`.
 #[derive(Args, Debug)]
@@ -85,6 +99,40 @@ pub struct BenchArgs {
     /// below). Default: all.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(NAMES))]
     only: Vec<String>,
+    /// Run the same workload against another system in the same run, interleaved in the same
+    /// rounds, and report ratios against it.
+    #[arg(long, value_enum)]
+    compare: Option<Compare>,
+    /// NATS URL for `--compare nats-kv`.
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Storage of the NATS KV bucket for `--compare nats-kv`.
+    #[arg(long, value_enum, default_value_t = NatsStorage::Memory)]
+    nats_storage: NatsStorage,
+}
+
+/// What `--compare` runs beside Electric.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// NATS JetStream KV: `update(key, value, revision)`, `get`, `watch`, whole values.
+    NatsKv,
+}
+
+/// Storage of the compared NATS KV bucket.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatsStorage {
+    /// In memory (NATS KV's fastest).
+    Memory,
+    /// In files (its default).
+    File,
+}
+
+/// The digest `update` gives a commit writing `book`.
+fn digest_of(book: &OrderBook) -> anyhow::Result<Digest> {
+    match serde_json::to_value(book)? {
+        serde_json::Value::Object(m) => Ok(Digest::of(&m)),
+        _ => anyhow::bail!("an order book serializes to an object"),
+    }
 }
 
 /// Every measurement, in the order they run.
@@ -121,6 +169,20 @@ struct Report {
     ratios: std::collections::BTreeMap<&'static str, f64>,
     /// Each ratio's lowest and highest value over the interleaved rounds.
     ratio_spread: std::collections::BTreeMap<&'static str, Spread>,
+    /// With `--compare nats-kv`: bytes per update of each system (`electric`, `nats_kv`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    bytes_per_update: std::collections::BTreeMap<&'static str, BytesPerUpdate>,
+}
+
+/// What one update costs on the wire, counted by a proxy in front of the server.
+#[derive(Serialize, Clone, Copy, Debug)]
+struct BytesPerUpdate {
+    /// From the writer to the server.
+    writer_to_server: f64,
+    /// From the server back to the writer.
+    server_to_writer: f64,
+    /// From the server to each receiver of the change.
+    server_to_receiver: f64,
 }
 
 fn measurement(ops: usize, elapsed: Duration, mut lat_us: Vec<f64>) -> Measurement {
@@ -311,10 +373,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .connect()
         .await
         .with_context(|| format!("connecting to redis at {}", args.redis))?;
-    let outcome = measure(&args, &store).await;
+    let nats = match args.compare {
+        Some(Compare::NatsKv) => {
+            let storage = match args.nats_storage {
+                NatsStorage::Memory => async_nats::jetstream::stream::StorageType::Memory,
+                NatsStorage::File => async_nats::jetstream::stream::StorageType::File,
+            };
+            let bucket = electric_testkit::unique("electric_bench").replace('-', "_");
+            Some(NatsKv::create(&args.nats, &bucket, storage).await?)
+        }
+        None => None,
+    };
+    let outcome = measure(&args, &store, nats.as_ref()).await;
     progress("deleting the bench namespace");
     if let Err(e) = store.purge_namespace().await {
         eprintln!("warning: could not delete the bench namespace: {e}");
+    }
+    if let Some(nats) = &nats {
+        if let Err(e) = nats.delete().await {
+            eprintln!("warning: could not delete the bench's NATS KV bucket: {e}");
+        }
     }
     let report = outcome?;
     if args.json {
@@ -325,7 +403,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report> {
+async fn measure(
+    args: &BenchArgs,
+    store: &RedisStore,
+    nats: Option<&NatsKv>,
+) -> anyhow::Result<Report> {
     let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
     let c = args.concurrency;
     let sample = OrderBook::new("sample", 1);
@@ -369,6 +451,7 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
             next.mutate(&mut SmallRng::seed_from_u64(7 + i as u64));
             let (ops, fields) = doc.value().patch_to(&next);
             let commit = Commit {
+                id: CommitId::random(),
                 key: writer.key(&id)?,
                 expected: doc.stamp(),
                 fields,
@@ -376,6 +459,8 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
                 ops,
                 origin: "bench-raw".into(),
                 ttl: None,
+                // What `update` would send with it.
+                digest: Some(digest_of(&next)?),
             };
             let (keys, argv) = store.commit_args(&commit);
             let argv: Vec<String> = argv.into_iter().map(Cow::into_owned).collect();
@@ -418,6 +503,39 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
             }
         }),
     ));
+    // nats_kv_update: the same documents in the NATS KV bucket, each kept by its client with its
+    // revision (a warm cache), changed by the same mutation and stored whole.
+    let mut nats_keys = Vec::new();
+    if let Some(nats) = nats {
+        let mut kept = Vec::new();
+        for i in 0..c {
+            let id = book_id("upd-", i);
+            let book = writer
+                .cached(&id)
+                .context("cached after update")?
+                .value()
+                .clone();
+            let revision = nats.kv.put(&id, serde_json::to_vec(&book)?.into()).await?;
+            kept.push(tokio::sync::Mutex::new((book, revision)));
+            nats_keys.push(id);
+        }
+        let (kv, kept, keys) = (nats.kv.clone(), Arc::new(kept), Arc::new(nats_keys.clone()));
+        ops.push((
+            "nats_kv_update",
+            op(move |client, i| {
+                let (kv, kept, keys) = (kv.clone(), kept.clone(), keys.clone());
+                async move {
+                    let mut rng = SmallRng::seed_from_u64(i ^ client as u64);
+                    let mut g = kept[client].lock().await;
+                    let (book, revision) = &mut *g;
+                    book.mutate(&mut rng);
+                    let value = serde_json::to_vec(&*book)?;
+                    *revision = kv.update(&keys[client], value.into(), *revision).await?;
+                    Ok(())
+                }
+            }),
+        ));
+    }
     // load_raw, load_decode and load: HGETALL, the store's load plus decoding, and a cold get of
     // the same documents.
     let s = store.clone();
@@ -473,16 +591,36 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
         }),
     ));
 
+    if let Some(nats) = nats {
+        let (kv, keys) = (nats.kv.clone(), Arc::new(nats_keys));
+        load_ops.push((
+            "nats_kv_load",
+            op(move |client, _| {
+                let (kv, keys) = (kv.clone(), keys.clone());
+                async move {
+                    let value = kv.get(&keys[client]).await?.context("value missing")?;
+                    let book: OrderBook = serde_json::from_slice(&value)?;
+                    ensure!(book.seq > 0, "document never updated");
+                    Ok(())
+                }
+            }),
+        ));
+    }
+
     for (ops, pairs) in [
         (
             group(ops),
-            &[("update_vs_raw", "update", "commit_script_raw")][..],
+            &[
+                ("update_vs_raw", "update", "commit_script_raw"),
+                ("update_vs_nats_kv", "update", "nats_kv_update"),
+            ][..],
         ),
         (
             group(load_ops),
             &[
                 ("load_vs_raw", "load", "load_raw"),
                 ("load_vs_decode", "load", "load_decode"),
+                ("load_vs_nats_kv", "load", "nats_kv_load"),
             ][..],
         ),
     ] {
@@ -510,7 +648,44 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
         measurements.insert("delivery_update", updated);
     }
     if args.wants("delivery_max") {
-        measurements.insert("delivery_max", delivery_max(args, store, &dyn_store).await?);
+        let runs = delivery_max(args, store, &dyn_store, nats).await?;
+        for (ratio, of, to) in [
+            ("delivery_max_vs_raw", "delivery_max", "delivery_max_raw"),
+            (
+                "delivery_max_vs_nats_kv",
+                "delivery_max",
+                "nats_kv_delivery_max",
+            ),
+        ] {
+            if let Some((r, spread)) = runs.ratio(of, to) {
+                ratios.insert(ratio, r);
+                ratio_spread.insert(ratio, spread);
+            }
+        }
+        measurements.extend(runs.into_measurements());
+    }
+    let mut bytes_per_update = std::collections::BTreeMap::new();
+    if let Some(nats) = nats {
+        match proxiable(&args.redis) {
+            Some(_) if store.is_cluster() => {
+                progress("bytes per update: not measured on a cluster (the proxy fronts one node)")
+            }
+            Some(_) => {
+                progress("bytes per update (through a counting proxy)");
+                bytes_per_update.insert("electric", electric_bytes(args, store).await?);
+                bytes_per_update.insert("nats_kv", nats_bytes(args, nats).await?);
+                let (e, n) = (bytes_per_update["electric"], bytes_per_update["nats_kv"]);
+                ratios.insert(
+                    "writer_bytes_vs_nats_kv",
+                    e.writer_to_server / n.writer_to_server,
+                );
+                ratios.insert(
+                    "receiver_bytes_vs_nats_kv",
+                    e.server_to_receiver / n.server_to_receiver,
+                );
+            }
+            None => progress("bytes per update: not measured for this URL"),
+        }
     }
 
     Ok(Report {
@@ -521,6 +696,145 @@ async fn measure(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<Report>
         measurements,
         ratios,
         ratio_spread,
+        bytes_per_update,
+    })
+}
+
+/// Updates per system in the bytes measurement.
+const BYTES_UPDATES: u64 = 200;
+
+/// For a single-node `redis://` URL: the server's `host:port`, and the same URL (credentials
+/// and database kept) aimed at a local port instead. `None` for URLs the proxy cannot front
+/// (several nodes, TLS, a Unix socket).
+fn proxiable(url: &str) -> Option<(String, impl Fn(u16) -> String)> {
+    if url.contains(',') {
+        return None;
+    }
+    let info = url.into_connection_info().ok()?;
+    let electric::redis::redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+        return None;
+    };
+    let redis = info.redis_settings().clone();
+    let auth = match (redis.username(), redis.password()) {
+        (Some(u), Some(p)) => format!("{u}:{p}@"),
+        (None, Some(p)) => format!(":{p}@"),
+        _ => String::new(),
+    };
+    let db = redis.db();
+    Some((format!("{host}:{port}"), move |local: u16| {
+        format!("redis://{auth}127.0.0.1:{local}/{db}")
+    }))
+}
+
+/// Electric's bytes per update: a writer (`DataManager::update`, warm cache) and a subscriber,
+/// each on its own store connected through a counting proxy.
+async fn electric_bytes(args: &BenchArgs, store: &RedisStore) -> anyhow::Result<BytesPerUpdate> {
+    let (target, rewrite) = proxiable(&args.redis).context("a proxiable url")?;
+    let connect = |proxy: &CountingProxy| {
+        RedisStore::builder(&rewrite(proxy.addr.port()))
+            .namespace(store.layout().namespace())
+            .tcp_nodelay(!args.no_tcp_nodelay)
+            .connect()
+    };
+    let (wp, rp) = (
+        CountingProxy::start(target.clone()).await?,
+        CountingProxy::start(target).await?,
+    );
+    let writer_store: Arc<dyn Store> = Arc::new(connect(&wp).await?);
+    let reader_store = connect(&rp).await?;
+    let w = DataManager::<OrderBook>::builder(writer_store, "bench", "bytes")
+        .origin("bench-bytes")
+        .build()?;
+    let docs = 16usize;
+    for i in 0..docs {
+        let _ = w.update(&book_id("b-", i), |b| b.seq += 1).await?;
+    }
+    let mut sub = reader_store
+        .subscribe(&electric::SectionId::new("bench", "bytes")?)
+        .await?;
+    let (w0, r0) = (wp.counts(), rp.counts());
+    let mut rng = SmallRng::seed_from_u64(5);
+    for n in 0..BYTES_UPDATES {
+        let _ = w
+            .update(&book_id("b-", n as usize % docs), |b| b.mutate(&mut rng))
+            .await?;
+    }
+    let mut received = 0;
+    while received < BYTES_UPDATES {
+        tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .context("the subscriber stopped receiving")?
+            .context("the subscription ended")??;
+        received += 1;
+    }
+    let (w1, r1) = (wp.counts(), rp.counts());
+    let per = |a: u64, b: u64| (b - a) as f64 / BYTES_UPDATES as f64;
+    Ok(BytesPerUpdate {
+        writer_to_server: per(w0.0, w1.0),
+        server_to_writer: per(w0.1, w1.1),
+        server_to_receiver: per(r0.1, r1.1),
+    })
+}
+
+/// NATS KV's bytes per update: a writer (`kv.update` of a locally kept document) and a
+/// `kv.watch` receiver, each on its own connection through a counting proxy.
+async fn nats_bytes(args: &BenchArgs, nats: &NatsKv) -> anyhow::Result<BytesPerUpdate> {
+    let target = args
+        .nats
+        .trim_start_matches("nats://")
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let (wp, rp) = (
+        CountingProxy::start(target.clone()).await?,
+        CountingProxy::start(target).await?,
+    );
+    let url = |p: &CountingProxy| format!("nats://127.0.0.1:{}", p.addr.port());
+    let writer = NatsKv::open(&url(&wp), &nats.bucket).await?;
+    let reader = NatsKv::open(&url(&rp), &nats.bucket).await?;
+    let docs = 16usize;
+    let mut kept = Vec::new();
+    for i in 0..docs {
+        let book = OrderBook::new(&book_id("b-", i), i as u64);
+        let revision = writer
+            .kv
+            .put(book_id("b-", i), serde_json::to_vec(&book)?.into())
+            .await?;
+        kept.push((book, revision));
+    }
+    let mut watch = reader.kv.watch_all().await?;
+    let (w0, r0) = (wp.counts(), rp.counts());
+    let mut rng = SmallRng::seed_from_u64(5);
+    for n in 0..BYTES_UPDATES {
+        let i = n as usize % docs;
+        let (book, revision) = &mut kept[i];
+        book.mutate(&mut rng);
+        *revision = writer
+            .kv
+            .update(
+                book_id("b-", i),
+                serde_json::to_vec(&*book)?.into(),
+                *revision,
+            )
+            .await?;
+    }
+    let mut received = 0;
+    while received < BYTES_UPDATES {
+        let entry = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .context("the watcher stopped receiving")?
+            .context("the watch ended")??;
+        if entry.key.starts_with("b-") {
+            received += 1;
+        }
+    }
+    let (w1, r1) = (wp.counts(), rp.counts());
+    let per = |a: u64, b: u64| (b - a) as f64 / BYTES_UPDATES as f64;
+    Ok(BytesPerUpdate {
+        writer_to_server: per(w0.0, w1.0),
+        server_to_writer: per(w0.1, w1.1),
+        server_to_receiver: per(r0.1, r1.1),
     })
 }
 
@@ -679,14 +993,22 @@ async fn delivery(
 }
 
 /// Pre-built patch deltas for warm documents are published as fast as the replica applies
-/// them (at most 4096 ahead); the rate is the number applied by one replica over the time from
-/// the first publish to the last apply.
+/// them (at most `WINDOW` ahead); the rate is the number applied by one replica over the time
+/// from the first publish to the last apply. In the same rounds: the same deltas to a raw
+/// subscriber that only receives and decodes them (`delivery_max_raw`), and with
+/// `--compare nats-kv` the same documents' new values to one `kv.watch` receiver that decodes
+/// them (`nats_kv_delivery_max`). Each round sends every receiver the next slice of its
+/// messages, in turn (in reverse order on odd rounds), as [`Interleaved`] does.
 async fn delivery_max(
     args: &BenchArgs,
     store: &RedisStore,
     dyn_store: &Arc<dyn Store>,
-) -> anyhow::Result<Measurement> {
-    progress(&format!("delivery_max ({} pre-built deltas)", args.deltas));
+    nats: Option<&NatsKv>,
+) -> anyhow::Result<Interleaved> {
+    progress(&format!(
+        "delivery_max ({} pre-built deltas, {} interleaved rounds)",
+        args.deltas, args.rounds
+    ));
     let docs = 512usize;
     let a = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "fanout")
         .origin("bench-a")
@@ -700,17 +1022,20 @@ async fn delivery_max(
         let _ = a.update(&id, |x| x.seq += 1).await?;
         let d = b.get(&id).await?.context("document exists")?;
         books.push((
-            b.key(&id)?,
+            id,
+            b.key(&book_id("f-", i))?,
             d.stamp().context("stamped")?,
             d.value().clone(),
         ));
     }
-    // Build the deltas: round-robin over the documents, each a 5-leaf mutate of the previous.
+    // Build the messages: round-robin over the documents, each a 5-leaf mutate of the
+    // previous; for Electric the delta, for NATS KV the new value under the document's key.
     let per_doc = args.deltas.div_ceil(docs);
     let mut rng = SmallRng::seed_from_u64(99);
-    let mut payloads = Vec::with_capacity(per_doc * docs);
+    let mut deltas = Vec::with_capacity(per_doc * docs);
+    let mut values = Vec::new();
     for _ in 0..per_doc {
-        for (key, stamp, book) in books.iter_mut() {
+        for (id, key, stamp, book) in books.iter_mut() {
             let old = serde_json::to_value(&*book)?;
             book.mutate(&mut rng);
             let new = serde_json::to_value(&*book)?;
@@ -723,12 +1048,20 @@ async fn delivery_max(
                 origin: "bench-prebuilt".into(),
                 kind: DeltaKind::Patch,
                 ops: patch::diff(&old, &new),
+                commit: Some(CommitId::random()),
+                // As a writer gives it, so the replica checks what it applies.
+                digest: Some(digest_of(&*book)?),
             };
             stamp.version += 1;
-            payloads.push(delta.encode());
+            deltas.push(delta.encode());
+            if let Some(nats) = nats {
+                values.push((
+                    nats.subject(id),
+                    bytes::Bytes::from(serde_json::to_vec(&*book)?),
+                ));
+            }
         }
     }
-    let n = payloads.len() as u64;
     let token = CancellationToken::new();
     let sync = SyncService::builder()
         .manager(&b)
@@ -739,45 +1072,138 @@ async fn delivery_max(
         })
         .build()?
         .spawn(token.clone());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let applied_before = b.stats().applied;
-    let channel = store
+
+    // The raw subscriber: its own pub/sub connection on a channel of its own, decoding each
+    // message as the replica's subscription does.
+    let raw_channel = store
         .layout()
-        .channel(&electric::SectionId::new("bench", "fanout")?);
+        .channel(&electric::SectionId::new("bench", "fanout-raw")?);
+    let raw_count = Arc::new(AtomicU64::new(0));
+    let first_url = args.redis.split(',').next().unwrap_or_default().trim();
+    let connection_info = |url: &str| -> anyhow::Result<_> {
+        Ok(url
+            .into_connection_info()?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(!args.no_tcp_nodelay)))
+    };
+    let mut raw_sub = electric::redis::redis::Client::open(connection_info(first_url)?)?
+        .get_async_pubsub()
+        .await
+        .context("connecting the raw subscriber")?;
+    raw_sub.subscribe(&raw_channel).await?;
+    let counted = raw_count.clone();
+    let raw_task = tokio::spawn(async move {
+        let mut messages = raw_sub.into_on_message();
+        while let Some(msg) = messages.next().await {
+            if Delta::decode(msg.get_payload_bytes()).is_ok() {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    // The NATS KV receiver: one watcher of the bucket, decoding every value it is sent.
+    let nats_count = Arc::new(AtomicU64::new(0));
+    let nats_task = match nats {
+        Some(nats) => {
+            let mut watch = nats.kv.watch_all().await?;
+            let counted = nats_count.clone();
+            Some(tokio::spawn(async move {
+                while let Some(entry) = watch.next().await {
+                    let Ok(entry) = entry else { continue };
+                    if serde_json::from_slice::<OrderBook>(&entry.value).is_ok() {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }))
+        }
+        None => None,
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
     // One plain connection to one node publishes, so batches arrive in the order they were
     // sent (on a cluster, PUBLISH reaches every node from any of them). Plain `PUBLISH`
     // commands, pipelined: a Lua batch would cost Redis about 2 ns per payload byte to bring
     // the payloads into Lua (see the scripts module), CPU the replica competes for when they
     // share cores.
-    let first_url = args.redis.split(',').next().unwrap_or_default().trim();
-    let publisher_info = first_url
-        .into_connection_info()?
-        .set_tcp_settings(TcpSettings::default().set_nodelay(!args.no_tcp_nodelay));
-    let publisher = electric::redis::redis::Client::open(publisher_info)?
+    let publisher = electric::redis::redis::Client::open(connection_info(first_url)?)?
         .get_multiplexed_async_connection()
         .await
         .context("connecting the publisher")?;
-    let tty = std::io::stderr().is_terminal();
+    let channel = store
+        .layout()
+        .channel(&electric::SectionId::new("bench", "fanout")?);
+    let applied_before = b.stats().applied;
+    let mut names = vec!["delivery_max", "delivery_max_raw"];
+    if nats.is_some() {
+        names.push("nats_kv_delivery_max");
+    }
+    let mut runs: Vec<Vec<Run>> = names.iter().map(|_| Vec::new()).collect();
+    let slice = deltas.len().div_ceil(args.rounds);
+    for round in 0..args.rounds {
+        let range = (round * slice).min(deltas.len())..((round + 1) * slice).min(deltas.len());
+        let mut order: Vec<usize> = (0..names.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let run = match names[i] {
+                "delivery_max" => {
+                    let b = b.clone();
+                    let received = move || b.stats().applied - applied_before;
+                    redis_slice(&publisher, &channel, &deltas[range.clone()], received).await?
+                }
+                "delivery_max_raw" => {
+                    let count = raw_count.clone();
+                    let received = move || count.load(Ordering::Relaxed);
+                    redis_slice(&publisher, &raw_channel, &deltas[range.clone()], received).await?
+                }
+                _ => {
+                    let nats = nats.context("nats")?;
+                    let count = nats_count.clone();
+                    let received = move || count.load(Ordering::Relaxed);
+                    nats_slice(&nats.client, &values[range.clone()], received).await?
+                }
+            };
+            runs[i].push(run);
+        }
+    }
+    token.cancel();
+    sync.join().await;
+    raw_task.abort();
+    if let Some(t) = nats_task {
+        t.abort();
+    }
+    for (name, r) in names.iter().zip(&runs) {
+        let (ops, secs) = r.iter().fold((0, 0.0), |(o, s), r| {
+            (o + r.ops, s + r.elapsed.as_secs_f64())
+        });
+        progress(&format!("{name}: {ops} received in {secs:.2} s"));
+    }
+    Ok(Interleaved { names, runs })
+}
+
+/// Most messages published and not yet received, in `delivery_max`: the receivers' buffers
+/// never overflow, so the figure is a sustained rate, not a burst into a buffer.
+const WINDOW: u64 = 4096;
+
+/// Publishes `payloads` on `channel` (pipelined, 256 a batch, at most 4 batches in flight, at
+/// most [`WINDOW`] ahead of `received`) and waits until `received` counts them all; the run
+/// spans the first publish to the last receipt.
+async fn redis_slice(
+    publisher: &electric::redis::redis::aio::MultiplexedConnection,
+    channel: &str,
+    payloads: &[Vec<u8>],
+    received: impl Fn() -> u64,
+) -> anyhow::Result<Run> {
+    let base = received();
+    let got = || received() - base;
     let started = Instant::now();
-    // Backpressure: at most `window` published deltas not yet applied, so the subscriber's
-    // buffers never overflow and the figure is a sustained rate, not a burst into a buffer.
-    let window = 4096u64;
     let mut sent = 0u64;
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
     for chunk in payloads.chunks(256) {
-        let stalled = Instant::now() + Duration::from_secs(10);
-        while sent.saturating_sub(b.stats().applied - applied_before) > window {
-            ensure!(
-                Instant::now() < stalled,
-                "delivery_max: the replica applied nothing for 10 s ({} of {sent} published)",
-                b.stats().applied - applied_before
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_for_window(sent, &got).await?;
         sent += chunk.len() as u64;
         let mut pipe = electric::redis::redis::pipe();
         for p in chunk {
-            pipe.cmd("PUBLISH").arg(&channel).arg(p.as_slice()).ignore();
+            pipe.cmd("PUBLISH").arg(channel).arg(p.as_slice()).ignore();
         }
         let mut conn = publisher.clone();
         // Polled (and so sent) in the order pushed.
@@ -791,41 +1217,58 @@ async fn delivery_max(
     while let Some(r) = in_flight.next().await {
         r?;
     }
-    let published = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last_progress = Instant::now();
-    loop {
-        let applied = b.stats().applied - applied_before;
-        if applied >= n || Instant::now() > deadline {
-            break;
+    finish_slice(started, sent, &got).await
+}
+
+/// As [`redis_slice`], with core-NATS publishes of `values` to their KV subjects (JetStream
+/// stores them; the bucket's watcher receives them).
+async fn nats_slice(
+    client: &async_nats::Client,
+    values: &[(String, bytes::Bytes)],
+    received: impl Fn() -> u64,
+) -> anyhow::Result<Run> {
+    let base = received();
+    let got = || received() - base;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for chunk in values.chunks(256) {
+        wait_for_window(sent, &got).await?;
+        sent += chunk.len() as u64;
+        for (subject, value) in chunk {
+            client.publish(subject.clone(), value.clone()).await?;
         }
-        if last_progress.elapsed() > Duration::from_millis(500) {
-            last_progress = Instant::now();
-            let line = format!("  applied {applied}/{n}");
-            if tty {
-                eprint!("\r{line}");
-            } else {
-                eprintln!("{line}");
-            }
-        }
+        client.flush().await?;
+    }
+    finish_slice(started, sent, &got).await
+}
+
+async fn wait_for_window(sent: u64, got: &impl Fn() -> u64) -> anyhow::Result<()> {
+    let stalled = Instant::now() + Duration::from_secs(10);
+    while sent.saturating_sub(got()) > WINDOW {
+        ensure!(
+            Instant::now() < stalled,
+            "delivery_max: nothing received for 10 s ({} of {sent} published)",
+            got()
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    if tty {
-        eprintln!();
+    Ok(())
+}
+
+async fn finish_slice(started: Instant, sent: u64, got: &impl Fn() -> u64) -> anyhow::Result<Run> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got() < sent {
+        ensure!(
+            Instant::now() < deadline,
+            "delivery_max: {} of {sent} received after 60 s",
+            got()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let elapsed = started.elapsed();
-    let applied = b.stats().applied - applied_before;
-    token.cancel();
-    sync.join().await;
-    progress(&format!(
-        "delivery_max: published {n} in {:.2} s, applied {applied} in {:.2} s",
-        published.as_secs_f64(),
-        elapsed.as_secs_f64()
-    ));
-    Ok(Measurement {
-        ops_per_sec: applied as f64 / elapsed.as_secs_f64(),
-        p50_us: 0.0,
-        p99_us: 0.0,
+    Ok(Run {
+        ops: sent as usize,
+        elapsed: started.elapsed(),
+        lat_us: Vec::new(),
     })
 }
 
@@ -859,6 +1302,20 @@ fn print_table(r: &Report) -> std::io::Result<()> {
                 s.min, s.max, s.rounds
             )?,
             None => writeln!(out, "  {name:<18} {v:>12.2}")?,
+        }
+    }
+    if !r.bytes_per_update.is_empty() {
+        writeln!(
+            out,
+            "  {:<18} {:>12} {:>10} {:>10}",
+            "bytes per update", "to server", "back", "to reader"
+        )?;
+        for (system, b) in &r.bytes_per_update {
+            writeln!(
+                out,
+                "  {system:<18} {:>12.0} {:>10.0} {:>10.0}",
+                b.writer_to_server, b.server_to_writer, b.server_to_receiver
+            )?;
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_kv;
 mod bus_cmds;
 mod demo;
 mod redis_cmds;

@@ -129,8 +129,10 @@ fn main() {
                 ops: ops.clone(),
                 origin: "bench".into(),
                 ttl: None,
+                id: electric_core::CommitId::random(),
+                digest: None,
             };
-            match store.commit(commit).await.unwrap() {
+            match store.commit(&commit).await.unwrap() {
                 CommitOutcome::Committed(d) => expected = Some(d.stamp()),
                 CommitOutcome::Conflict { .. } => unreachable!(),
             }

@@ -106,8 +106,10 @@ fn update(c: &mut Criterion) {
                 ops: ops.clone(),
                 origin: "bench".into(),
                 ttl: None,
+                id: electric_core::CommitId::random(),
+                digest: None,
             };
-            match rt.block_on(store.commit(commit)).unwrap() {
+            match rt.block_on(store.commit(&commit)).unwrap() {
                 CommitOutcome::Committed(d) => expected = Some(d.stamp()),
                 CommitOutcome::Conflict { .. } => unreachable!(),
             }

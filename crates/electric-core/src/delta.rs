@@ -15,7 +15,9 @@
 //!   "time": 1764183600123,
 //!   "origin": "a1b2c3d4e5f60718",
 //!   "kind": "patch",
-//!   "ops": [{"op": "replace", "path": "/bids/3/qty", "value": 12.5}]
+//!   "ops": [{"op": "replace", "path": "/bids/3/qty", "value": 12.5}],
+//!   "commit": "5be0e8a4c2d91f37",
+//!   "digest": "160c99d44ed30b4b"
 //! }
 //! ```
 //!
@@ -30,15 +32,22 @@
 //! | `origin` | who wrote it (a manager id, or a foreign writer's name) |
 //! | `kind` | `patch` (apply `ops` to `base`), `snapshot` (`ops` is one whole-document `replace` at `""`, valid on any base) or `delete` (the key is gone; `ops` is empty) |
 //! | `ops` | an RFC 6902 JSON Patch |
+//! | `commit` | optional: the id of the commit (or delete) that wrote this version, 16 lowercase hex digits ([`CommitId`]) |
+//! | `digest` | optional: the [`Digest`] of the document at `version`, 16 lowercase hex digits (absent for deletes and for writers that do not compute one) |
+//!
+//! `commit` and `digest` were added without changing `v`: readers ignore fields they do not
+//! know, so older readers read these deltas, and deltas without them (older writers, foreign
+//! writers) decode with both absent.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::version::{Epoch, Stamp, Version};
+use crate::version::{CommitId, Epoch, Stamp, Version};
 
 pub use json_patch::{Patch, PatchOperation};
 
@@ -77,6 +86,12 @@ pub struct Delta {
     pub kind: DeltaKind,
     /// The RFC 6902 patch.
     pub ops: Patch,
+    /// The commit (or delete) that wrote this version, when the writer gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitId>,
+    /// The digest of the document at `version`, when the writer computed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
 }
 
 #[derive(Serialize)]
@@ -102,6 +117,10 @@ struct WireIn {
     kind: DeltaKind,
     #[serde(deserialize_with = "ops::deserialize")]
     ops: Patch,
+    #[serde(default)]
+    commit: Option<CommitId>,
+    #[serde(default)]
+    digest: Option<Digest>,
 }
 
 impl From<WireIn> for Delta {
@@ -115,6 +134,8 @@ impl From<WireIn> for Delta {
             origin: w.origin,
             kind: w.kind,
             ops: w.ops,
+            commit: w.commit,
+            digest: w.digest,
         }
     }
 }
@@ -386,7 +407,38 @@ mod tests {
             origin: "w1".into(),
             kind: DeltaKind::Patch,
             ops: serde_json::from_value(json!([{"op":"replace","path":"/a","value":1}])).unwrap(),
+            commit: CommitId::from_raw(0x5be0_e8a4_c2d9_1f37),
+            digest: Some(Digest::from_raw(0x160c_99d4_4ed3_0b4b)),
         }
+    }
+
+    #[test]
+    fn commit_and_digest_are_optional_and_older_deltas_decode() {
+        let d = sample();
+        let v: Value = serde_json::from_slice(&d.encode()).unwrap();
+        assert_eq!(v["commit"], "5be0e8a4c2d91f37");
+        assert_eq!(v["digest"], "160c99d44ed30b4b");
+        // A delta as version-1 writers wrote it before these fields existed.
+        let mut old = v.clone();
+        let o = old.as_object_mut().unwrap();
+        o.remove("commit");
+        o.remove("digest");
+        let decoded = Delta::decode(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!((decoded.commit, decoded.digest), (None, None));
+        assert_eq!(decoded.version, d.version);
+        let mut bare = d.clone();
+        (bare.commit, bare.digest) = (None, None);
+        let text = String::from_utf8(bare.encode()).unwrap();
+        assert!(
+            !text.contains("commit") && !text.contains("digest"),
+            "{text}"
+        );
+        let mut bad = v;
+        bad["digest"] = json!("not hex");
+        assert!(matches!(
+            Delta::decode(&serde_json::to_vec(&bad).unwrap()),
+            Err(Error::Malformed { .. })
+        ));
     }
 
     #[test]

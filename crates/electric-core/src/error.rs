@@ -1,7 +1,7 @@
 //! The crate's error type.
 
 use crate::key::Key;
-use crate::version::{Stamp, Version};
+use crate::version::{CommitId, Stamp, Version};
 
 /// A `Result` whose error defaults to [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -32,13 +32,25 @@ pub enum Error {
         /// The JSON type it serialized to.
         found: &'static str,
     },
-    /// Serializing or deserializing a document failed.
+    /// A document's type did not serialize (its `Serialize` failed, or a map has keys JSON cannot
+    /// hold). Stored data that the type cannot read is [`Error::Malformed`] instead.
     #[error("document for {key} does not (de)serialize: {reason}")]
     Serde {
         /// The document's key.
         key: Key,
         /// The serde error message.
         reason: String,
+    },
+    /// A document holds a number JSON cannot represent (NaN or an infinity; `serde_json` would
+    /// store `null`, which the document's own type may not read back). Nothing was written.
+    #[error("document for {key} holds {value} at {path:?}, which JSON cannot represent")]
+    NonFiniteNumber {
+        /// The document's key.
+        key: Key,
+        /// RFC 6901 pointer to the number within the document.
+        path: String,
+        /// The number (NaN, `inf` or `-inf`).
+        value: f64,
     },
     /// A document is larger than the configured maximum.
     #[error("document for {key} is {size} bytes, over the limit of {limit}")]
@@ -101,7 +113,23 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    /// The backend could not be reached or failed transiently; the call may succeed later.
+    /// A write may or may not have been applied, and the store could not be asked in time: it
+    /// stayed unreachable past the manager's `resolve_deadline`, or no longer holds what would
+    /// tell. Not retryable: retrying could apply the change twice. No copy of the write can
+    /// apply later without the store saying so ([`Store::resolve`](crate::store::Store::resolve)
+    /// fenced it, or the store never answered at all); read the document to see where it stands.
+    #[error("outcome of write {commit} to {key} is unknown: {reason}")]
+    Indeterminate {
+        /// The document.
+        key: Key,
+        /// The commit (or delete) whose outcome is unknown; it is logged with its delta if it
+        /// was applied.
+        commit: CommitId,
+        /// Why it could not be resolved.
+        reason: String,
+    },
+    /// The backend could not be reached or failed transiently; nothing was written, and the
+    /// call may succeed later.
     #[error("backend unavailable: {reason}")]
     Unavailable {
         /// What the backend reported.
@@ -133,7 +161,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether retrying the same call later may succeed.
+    /// Whether retrying the same call later may succeed. [`Error::Indeterminate`] is not
+    /// retryable: the first call may have been applied.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Unavailable { .. } | Error::Conflict { .. })
     }

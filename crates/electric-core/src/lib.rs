@@ -45,6 +45,7 @@ pub mod bus;
 pub mod cache;
 pub mod collections;
 pub mod delta;
+pub mod digest;
 pub mod error;
 pub mod key;
 pub mod manager;
@@ -56,6 +57,7 @@ pub mod version;
 pub mod worker;
 
 pub use delta::{Delta, DeltaKind, Patch, SharedDelta};
+pub use digest::Digest;
 pub use error::{Error, Result};
 pub use key::{Key, SectionId};
 pub use manager::{DataManager, Doc, Document, Get, UpdateOutcome};
@@ -64,4 +66,4 @@ pub use store::{
     Subscription, SubscriptionEvent,
 };
 pub use sync::{SyncConfig, SyncHandle, SyncService};
-pub use version::{Epoch, Stamp, Version};
+pub use version::{CommitId, Epoch, Stamp, Version};

@@ -20,6 +20,7 @@
 //!   manager uses them to choose between sending a patch and sending a snapshot.
 
 mod diff_ser;
+mod finite;
 
 use std::io;
 use std::sync::OnceLock;
@@ -29,7 +30,8 @@ use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-pub(crate) use diff_ser::diff_into;
+pub(crate) use diff_ser::{diff_into, DiffError, OpLog};
+pub(crate) use finite::{find as find_non_finite, NonFinite};
 
 use crate::delta::Patch;
 use crate::error::{Error, Result};
@@ -59,14 +61,16 @@ pub fn apply(doc: &mut Value, ops: &Patch) -> Result<()> {
     apply_inner(doc, ops, false).map(|_| ())
 }
 
-/// [`apply`], also returning how much the patch changed `doc`'s compact JSON length. A patch of
-/// `replace` operations is sized exactly as it is applied, from the values it swaps, so no path
-/// is resolved twice; any other patch gets [`size_change`]'s estimate.
-pub(crate) fn apply_sized(doc: &mut Value, ops: &Patch) -> Result<i64> {
+/// [`apply`], also returning how much the patch changed `doc`'s compact JSON length and, for a
+/// patch of `replace` operations, the values it replaced (in operation order, for the caller's
+/// digest). A patch of `replace` operations is sized exactly as it is applied, from the values
+/// it swaps, so no path is resolved twice; any other patch gets [`size_change`]'s estimate and
+/// no replaced values.
+pub(crate) fn apply_sized(doc: &mut Value, ops: &Patch) -> Result<(i64, Option<Vec<Value>>)> {
     apply_inner(doc, ops, true)
 }
 
-fn apply_inner(doc: &mut Value, ops: &Patch, sized: bool) -> Result<i64> {
+fn apply_inner(doc: &mut Value, ops: &Patch, sized: bool) -> Result<(i64, Option<Vec<Value>>)> {
     let failed = |e: json_patch::PatchError| Error::PatchFailed {
         reason: e.to_string(),
     };
@@ -74,8 +78,8 @@ fn apply_inner(doc: &mut Value, ops: &Patch, sized: bool) -> Result<i64> {
         .iter()
         .all(|op| matches!(op, PatchOperation::Replace(_)))
     {
-        if let Some(change) = replace_all(doc, ops, sized) {
-            return Ok(change);
+        if let Some((change, olds)) = replace_all(doc, ops, sized) {
+            return Ok((change, Some(olds)));
         }
     }
     let change = if sized { size_change(doc, ops) } else { 0 };
@@ -89,19 +93,19 @@ fn apply_inner(doc: &mut Value, ops: &Patch, sized: bool) -> Result<i64> {
         let mut scratch = doc.clone();
         json_patch::patch_unsafe(&mut scratch, ops).map_err(failed)?;
         *doc = scratch;
-        return Ok(change);
+        return Ok((change, None));
     }
     // Rolls `doc` back on error.
     json_patch::patch(doc, ops).map_err(failed)?;
-    Ok(change)
+    Ok((change, None))
 }
 
 /// Applies a patch of `replace` operations only (the common case: a diff of changed leaves)
 /// without `json_patch`'s string allocation per pointer token, and with `sized`, returns the
-/// change in JSON length (each new value counted in, each replaced one out). Returns `None`,
-/// with `doc` rolled back, when a path does not resolve; `json_patch` then fails the same way
-/// and reports it.
-fn replace_all(doc: &mut Value, ops: &Patch, sized: bool) -> Option<i64> {
+/// change in JSON length (each new value counted in, each replaced one out), with the replaced
+/// values. Returns `None`, with `doc` rolled back, when a path does not resolve; `json_patch`
+/// then fails the same way and reports it.
+fn replace_all(doc: &mut Value, ops: &Patch, sized: bool) -> Option<(i64, Vec<Value>)> {
     let size = |v: &Value| if sized { serialized_len(v) as i64 } else { 0 };
     let mut undo = Vec::with_capacity(ops.len());
     let mut change = 0;
@@ -118,7 +122,7 @@ fn replace_all(doc: &mut Value, ops: &Patch, sized: bool) -> Option<i64> {
         }
     }
     if undo.len() == ops.len() {
-        return Some(change);
+        return Some((change, undo));
     }
     // Undone newest first, each path resolves as it did right after its operation.
     for (op, old) in ops.iter().zip(undo).rev() {
@@ -628,11 +632,19 @@ mod tests {
             );
             // Sizing while applying agrees, and is exact for patches of replaces.
             let mut applied = doc.clone();
-            let change = apply_sized(&mut applied, &p).unwrap();
+            let (change, olds) = apply_sized(&mut applied, &p).unwrap();
             assert_eq!(applied, new);
             if p.iter().all(|op| matches!(op, PatchOperation::Replace(_))) {
                 assert_eq!(len(&doc) + change, len(&new), "{new}");
+                // The replaced values come back, in order: the digest follows from them.
+                let olds = olds.expect("replaced values");
+                let (before, after) = (doc.as_object().unwrap(), new.as_object().unwrap());
+                assert_eq!(
+                    crate::digest::Digest::of(before).after(&p, olds.iter().map(Some)),
+                    Some(crate::digest::Digest::of(after))
+                );
             } else {
+                assert!(olds.is_none());
                 assert_eq!(change, size_change(&doc, &p), "{new}");
             }
         }
@@ -648,7 +660,7 @@ mod tests {
         let mv = ops(json!([{"op": "move", "from": "/a", "path": "/z"}]));
         let mut moved = doc.clone();
         assert_eq!(
-            apply_sized(&mut moved, &mv).unwrap(),
+            apply_sized(&mut moved, &mv).unwrap().0,
             size_change(&doc, &mv)
         );
         assert_eq!(moved["z"], json!(1));

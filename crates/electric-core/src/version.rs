@@ -74,6 +74,74 @@ impl<'de> Deserialize<'de> for Epoch {
     }
 }
 
+/// Identifies one commit or delete: random, non-zero, shown as 16 lowercase hex digits.
+///
+/// The manager gives every write a fresh id and the store keeps it with the write (in the
+/// change log for commits), so that after a reply is lost the writer can ask the store whether
+/// that very write was applied ([`Store::resolve`](crate::store::Store::resolve)). A commit that
+/// creates a key also gives the new lifetime its [`Epoch`] (`Epoch::from(id)`), so whether a
+/// create was applied can be told from the document alone, and epochs stay random and unique.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CommitId(u64);
+
+impl CommitId {
+    /// A fresh random, non-zero id.
+    pub fn random() -> Self {
+        CommitId(Epoch::random().get())
+    }
+
+    /// Wraps a raw value; `None` for zero.
+    pub fn from_raw(v: u64) -> Option<Self> {
+        (v != 0).then_some(CommitId(v))
+    }
+
+    /// The raw value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<CommitId> for Epoch {
+    /// The epoch of a key created by this commit.
+    fn from(id: CommitId) -> Epoch {
+        Epoch(id.0)
+    }
+}
+
+impl fmt::Display for CommitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for CommitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CommitId({self})")
+    }
+}
+
+impl FromStr for CommitId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<Epoch>()
+            .map(|e| CommitId(e.0))
+            .map_err(|e| e.replace("epoch", "commit id"))
+    }
+}
+
+impl Serialize for CommitId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CommitId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Where a document stands: its epoch and version.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct Stamp {
@@ -100,6 +168,19 @@ pub fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commit_ids_round_trip_as_hex_and_name_the_epoch_they_create() {
+        let id = CommitId::random();
+        let s = serde_json::to_string(&id).unwrap();
+        assert_eq!(s.len(), 18);
+        assert_eq!(serde_json::from_str::<CommitId>(&s).unwrap(), id);
+        assert_eq!(Epoch::from(id).get(), id.get());
+        assert_eq!(Epoch::from(id).to_string(), id.to_string());
+        let err = "0000000000000000".parse::<CommitId>().unwrap_err();
+        assert!(err.contains("commit id"), "{err}");
+        assert!(CommitId::from_raw(0).is_none());
+    }
 
     #[test]
     fn epoch_round_trips_as_hex() {

@@ -49,6 +49,7 @@ async fn replicas_converge_under_faults_and_lose_no_update() {
             delay: 0.05,
             max_delay: Duration::from_millis(3),
             seed: 42,
+            ..FaultConfig::default()
         },
     ));
     let store: Arc<dyn Store> = faulty.clone();

@@ -105,7 +105,7 @@ async fn a_local_update_keeps_members_the_type_does_not_know() {
     let key = m.key("b").unwrap();
     let stamp = m.cached("b").unwrap().stamp();
     let CommitOutcome::Committed(delta) = store
-        .commit(Commit {
+        .commit(&Commit {
             key: key.clone(),
             expected: stamp,
             fields: vec![Commit::member("extra", &json!({"from": "a newer writer"})).unwrap()],
@@ -116,6 +116,8 @@ async fn a_local_update_keeps_members_the_type_does_not_know() {
             .unwrap(),
             origin: "newer".into(),
             ttl: None,
+            id: electric_core::CommitId::random(),
+            digest: None,
         })
         .await
         .unwrap()

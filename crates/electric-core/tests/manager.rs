@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use electric_core::manager::{ChangeCause, DataManager, Document, RepairReason};
 use electric_core::store::{Changes, Commit, CommitOutcome, Snapshot, Store, Subscription};
 use electric_core::{
-    Delta, DeltaKind, Error, Key, MemoryStore, Result, SectionId, Stamp, UpdateOutcome, Version,
+    CommitId, Delta, DeltaKind, Error, Key, MemoryStore, Result, SectionId, Stamp, UpdateOutcome,
+    Version,
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -53,7 +54,7 @@ impl Store for CountingStore {
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.inner.load(key).await
     }
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome> {
         if self.always_conflict {
             let actual = self.inner.stamps(std::slice::from_ref(&commit.key)).await?[0];
             return Ok(CommitOutcome::Conflict { actual });
@@ -66,8 +67,8 @@ impl Store for CountingStore {
     async fn stamps(&self, keys: &[Key]) -> Result<Vec<Option<Stamp>>> {
         self.inner.stamps(keys).await
     }
-    async fn delete(&self, key: &Key, origin: &str) -> Result<bool> {
-        self.inner.delete(key, origin).await
+    async fn delete_with_id(&self, key: &Key, origin: &str, id: CommitId) -> Result<bool> {
+        self.inner.delete_with_id(key, origin, id).await
     }
     async fn expire(&self, key: &Key, ttl: Duration) -> Result<bool> {
         self.inner.expire(key, ttl).await
@@ -343,7 +344,7 @@ async fn foreign_data_of_the_wrong_type_is_an_error_not_a_stale_cache() {
     let stamp = store.stamps(std::slice::from_ref(&key)).await.unwrap()[0];
     // A foreign writer stores a string where Counter has a number.
     let CommitOutcome::Committed(delta) = store
-        .commit(Commit {
+        .commit(&Commit {
             key: key.clone(),
             expected: stamp,
             fields: vec![Commit::member("n", "seven").unwrap()],
@@ -352,6 +353,8 @@ async fn foreign_data_of_the_wrong_type_is_an_error_not_a_stale_cache() {
                 .unwrap(),
             origin: "foreign".into(),
             ttl: None,
+            id: electric_core::CommitId::random(),
+            digest: None,
         })
         .await
         .unwrap()
@@ -360,8 +363,141 @@ async fn foreign_data_of_the_wrong_type_is_an_error_not_a_stale_cache() {
     };
     m.apply_remote(delta).await;
     assert!(m.cached("k").is_none(), "no stale value kept");
-    assert!(matches!(m.get("k").await, Err(Error::Serde { .. })));
+    match m.get("k").await {
+        Err(Error::Malformed { reason, .. }) => {
+            assert!(reason.contains("p:counters:k"), "names the key: {reason}");
+            assert!(reason.contains("\"n\""), "names the member: {reason}");
+        }
+        other => panic!("expected malformed, got {other:?}"),
+    }
     assert!(m.stats().sync_errors >= 1);
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Priced {
+    qty: f64,
+    levels: Vec<f64>,
+    /// Integer map keys make `update` take its slower, serde_json path.
+    by_id: std::collections::BTreeMap<u32, f64>,
+}
+
+impl Document for Priced {
+    fn empty(_: &Key) -> Option<Self> {
+        Some(Priced::default())
+    }
+}
+
+/// NaN and the infinities are refused before anything is written, on the fast path and on the
+/// slow one, naming where the number is; the writer's cache and every reader keep working.
+#[tokio::test]
+async fn numbers_json_cannot_hold_are_refused_before_writing() {
+    let store = Arc::new(MemoryStore::new());
+    let writer = DataManager::<Priced>::builder(store.clone(), "p", "priced")
+        .build()
+        .unwrap();
+    let reader = DataManager::<Priced>::builder(store.clone(), "p", "priced")
+        .build()
+        .unwrap();
+    let first = writer
+        .update("k", |p| {
+            p.qty = 1.5;
+            p.levels = vec![1.0, 2.0];
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.version(), 1);
+    type Change = fn(&mut Priced);
+    let cases: Vec<(Change, &str)> = vec![
+        (|p| p.qty = f64::NAN, "/qty"),
+        (|p| p.levels[1] = f64::INFINITY, "/levels/1"),
+        (|p| p.levels.push(f64::NEG_INFINITY), "/levels/2"),
+        (
+            |p| {
+                p.by_id.insert(7, f64::NAN);
+            },
+            "/by_id/7",
+        ),
+    ];
+    for (change, path) in cases {
+        let err = writer.update("k", change).await.unwrap_err();
+        match &err {
+            Error::NonFiniteNumber { path: p, key, .. } => {
+                assert_eq!(p, path);
+                assert_eq!(key.id(), "k");
+            }
+            other => panic!("expected non-finite for {path}, got {other}"),
+        }
+        assert!(!err.is_retryable());
+        let cached = writer.cached("k").unwrap();
+        assert_eq!((cached.version(), cached.qty), (1, 1.5), "cache unchanged");
+        let snap = store
+            .load(&writer.key("k").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(snap.stamp.version, 1, "nothing written");
+    }
+    // The writer goes on from its unchanged cache, the slow path included.
+    let next = writer
+        .update("k", |p| {
+            p.qty = 2.5;
+            p.by_id.insert(7, 0.5);
+        })
+        .await
+        .unwrap();
+    assert_eq!(next.version(), 2);
+    let seen = reader.get_at_least("k", 2).await.unwrap();
+    assert_eq!((seen.qty, seen.by_id.get(&7)), (2.5, Some(&0.5)));
+}
+
+/// A member `T` cannot read (a foreign writer stored `null` for a number) is `Malformed`,
+/// naming the key and the member, for reads and updates of that key; other keys keep working.
+#[tokio::test]
+async fn a_member_the_type_cannot_read_is_malformed_and_other_keys_keep_working() {
+    let store = Arc::new(MemoryStore::new());
+    let m = DataManager::<Priced>::builder(store.clone(), "p", "priced")
+        .build()
+        .unwrap();
+    for id in ["bad", "good"] {
+        let _ = m.update(id, |p| p.qty = 1.0).await.unwrap();
+    }
+    let key = m.key("bad").unwrap();
+    let stamp = store.stamps(std::slice::from_ref(&key)).await.unwrap()[0];
+    let _ = store
+        .commit(&Commit {
+            key: key.clone(),
+            expected: stamp,
+            fields: vec![Commit::member("qty", &serde_json::Value::Null).unwrap()],
+            kind: DeltaKind::Patch,
+            ops: serde_json::from_value(json!([{"op": "replace", "path": "/qty", "value": null}]))
+                .unwrap(),
+            origin: "foreign".into(),
+            ttl: None,
+            id: electric_core::CommitId::random(),
+            digest: None,
+        })
+        .await
+        .unwrap();
+    let fresh = DataManager::<Priced>::builder(store.clone(), "p", "priced")
+        .build()
+        .unwrap();
+    let check = |r: Result<()>| match r {
+        Err(Error::Malformed { what, reason }) => {
+            assert_eq!(what, "document");
+            assert!(reason.contains("p:priced:bad"), "{reason}");
+            assert!(reason.contains("member \"qty\""), "{reason}");
+        }
+        other => panic!("expected malformed, got {other:?}"),
+    };
+    check(fresh.get("bad").await.map(|_| ()));
+    m.remove_from_cache("bad");
+    check(m.update("bad", |p| p.qty = 3.0).await.map(|_| ()));
+    assert!(fresh.cached("bad").is_none());
+    assert_eq!(fresh.get("good").await.unwrap().unwrap().qty, 1.0);
+    assert_eq!(
+        m.update("good", |p| p.qty = 4.0).await.unwrap().version(),
+        2
+    );
 }
 
 #[derive(Clone, Serialize, Deserialize)]

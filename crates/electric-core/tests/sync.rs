@@ -103,12 +103,28 @@ async fn lagging_subscriber_is_told_and_resynchronises() {
         let _ = b.get(&id).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // On this single-threaded runtime the writer never yields, so the subscriber cannot keep up.
-    for round in 2..=6 {
-        for i in 0..20 {
-            let _ = a.update(&format!("k{i}"), |d| d.n = round).await.unwrap();
-        }
-    }
+    // The writes run on another thread while this single-threaded runtime, which runs b's sync
+    // service, is blocked: b cannot read its subscription, which overflows (the store's
+    // backpressure only makes committers yield on their own runtime).
+    let writer = a.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for round in 2..=6 {
+                for i in 0..20 {
+                    let _ = writer
+                        .update(&format!("k{i}"), |d| d.n = round)
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+    })
+    .join()
+    .unwrap();
     assert!(
         wait_until(|| (0..20).all(|i| b.cached(&format!("k{i}")).is_some_and(|d| d.n == 6))).await,
         "converged after lagging"
@@ -156,4 +172,52 @@ async fn shutdown_is_graceful_and_config_is_validated() {
     ] {
         assert!(SyncService::builder().config(bad).build().is_err());
     }
+}
+
+/// A writer whose commits never wait (the embedded store) on many documents, sharing one
+/// thread with a replica's sync service: the store holds the writer back instead of letting
+/// the replica's subscription overflow, so every delta is applied and nothing needs repairing.
+#[tokio::test]
+async fn writers_that_never_wait_are_held_back_instead_of_overflowing_subscribers() {
+    const KEYS: usize = 500;
+    let store = MemoryStore::builder().channel_capacity(64).build().unwrap();
+    let (a, b) = (manager(&store), manager(&store));
+    let token = CancellationToken::new();
+    let sync = SyncService::builder()
+        .manager(&b)
+        .config(SyncConfig {
+            workers: 1,
+            queue_capacity: 16,
+            ..quiet()
+        })
+        .build()
+        .unwrap()
+        .spawn(token.clone());
+    for i in 0..KEYS {
+        let id = format!("k{i}");
+        let _ = a.update(&id, |d| d.n = 1).await.unwrap();
+        let _ = b.get(&id).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let applied_before = b.stats().applied;
+    for round in 2..=4 {
+        for i in 0..KEYS {
+            let _ = a.update(&format!("k{i}"), |d| d.n = round).await.unwrap();
+        }
+    }
+    assert!(
+        wait_until(|| (0..KEYS).all(|i| b.cached(&format!("k{i}")).is_some_and(|d| d.n == 4)))
+            .await,
+        "converged"
+    );
+    let s = b.stats();
+    assert_eq!(s.repairs.get(RepairReason::Lagged), 0, "{s:?}");
+    assert_eq!(
+        s.applied - applied_before,
+        3 * KEYS as u64,
+        "every delta applied"
+    );
+    assert!(store.held_back() > 0, "the writer was held back");
+    token.cancel();
+    sync.join().await;
 }

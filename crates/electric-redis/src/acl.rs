@@ -30,6 +30,10 @@ pub(crate) const COMMANDS: &[&str] = &[
     "xadd",
     "xrange",
     "publish",
+    // The fence set (records of creates and deletes, for exactly-once writes).
+    "zscore",
+    "zadd",
+    "zremrangebyscore",
 ];
 
 /// What [`RedisStore::purge_namespace`](crate::RedisStore::purge_namespace) and the CLI's tools
@@ -59,18 +63,19 @@ pub fn minimal_acl(namespace: &str, tools: bool) -> String {
 }
 
 /// Asks Redis which of the commands the store needs its user may not run on the store's keys
-/// and channel. KEYS: a document hash and its log stream (never written); ARGV[1]: a delta
-/// channel. Replies with the names of the commands refused (empty when all are allowed).
+/// and channel. KEYS: a document hash, its log stream and its fence set (never written);
+/// ARGV[1]: a delta channel. Replies with the names of the commands refused (empty when all are allowed).
 /// `EVALSHA` itself and `SCRIPT LOAD` are checked by running this script at all.
 pub(crate) const PROBE: &str = r#"
 if not redis.acl_check_cmd then return {} end -- before Redis 7: nothing to ask
-local doc, log, channel = KEYS[1], KEYS[2], ARGV[1]
+local doc, log, fence, channel = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
 local checks = {
   {'ping'}, {'subscribe', channel}, {'unsubscribe', channel},
   {'hgetall', doc}, {'hmget', doc, '__v'}, {'exists', doc}, {'pttl', doc},
   {'time'}, {'hset', doc, '__v', '1'}, {'hdel', doc, '__v'}, {'del', doc},
   {'pexpire', doc, '1'}, {'xadd', log, '1-0', 'd', 'x'}, {'xrange', log, '-', '+'},
-  {'publish', channel, 'x'},
+  {'publish', channel, 'x'}, {'zscore', fence, 'x'}, {'zadd', fence, '1', 'x'},
+  {'zremrangebyscore', fence, '0', '1'},
 }
 local denied = {}
 for _, c in ipairs(checks) do

@@ -4,8 +4,9 @@
 //!
 //! | name | type | holds |
 //! |---|---|---|
-//! | `ns:{partition:section:id}:doc` | hash | `__v` version, `__e` epoch (16 hex digits), `__t` change time (Unix ms), and `.name` → JSON of each top-level member `name` |
-//! | `ns:{partition:section:id}:log` | stream | the change log: entry id `<version>-0`, one field `d` = the delta's version-1 JSON |
+//! | `ns:{partition:section:id}:doc` | hash | `__v` version, `__e` epoch (16 hex digits), `__t` change time (Unix ms), `__d` the version's digest (16 hex digits, when its writer gave one), and `.name` → JSON of each top-level member `name` |
+//! | `ns:{partition:section:id}:log` | stream | the change log: entry id `<version>-0`, field `d` = the delta's version-1 JSON, field `c` = its commit id |
+//! | `ns:{partition:section:id}:fence` | sorted set | the creates and deletes of the last fence lifetime (member: commit id; score: milliseconds × 4 + 0 created, 1 refused by a resolution, 2 deleted, 3 deleted nothing), so a late copy of one cannot apply |
 //! | `ns:deltas:partition:section` | pub/sub channel | every committed delta of the section, version-1 JSON |
 //!
 //! The part in braces is the Redis Cluster hash tag: a document's hash and log live in one slot,
@@ -25,8 +26,12 @@ pub const VERSION_FIELD: &str = "__v";
 pub const EPOCH_FIELD: &str = "__e";
 /// Hash field holding the change time.
 pub const TIME_FIELD: &str = "__t";
+/// Hash field holding the version's digest.
+pub const DIGEST_FIELD: &str = "__d";
 /// Stream field holding a log entry's delta.
 pub const LOG_FIELD: &str = "d";
+/// Stream field holding a log entry's commit id.
+pub const LOG_COMMIT_FIELD: &str = "c";
 
 /// Builds the names of one namespace.
 #[derive(Clone, Debug)]
@@ -67,6 +72,17 @@ impl Layout {
         )
     }
 
+    /// The fence set of `key` (records of creates and deletes).
+    pub fn fence_key(&self, key: &Key) -> String {
+        format!(
+            "{}:{{{}:{}:{}}}:fence",
+            self.ns,
+            key.partition(),
+            key.section(),
+            key.id()
+        )
+    }
+
     /// The delta channel of `section`.
     pub fn channel(&self, section: &SectionId) -> String {
         format!(
@@ -93,6 +109,7 @@ mod tests {
         let k = Key::new("p", "s", "x").unwrap();
         assert_eq!(l.doc_key(&k), "ns:{p:s:x}:doc");
         assert_eq!(l.log_key(&k), "ns:{p:s:x}:log");
+        assert_eq!(l.fence_key(&k), "ns:{p:s:x}:fence");
         assert_eq!(l.channel(&k.section_id()), "ns:deltas:p:s");
     }
 }

@@ -52,10 +52,17 @@
 //! not be resolved become [`Error::Unavailable`] (retryable); a key in our namespace with a
 //! foreign layout, an unreadable log entry or channel message becomes [`Error::Malformed`];
 //! anything else [`Error::Backend`]. Reads are retried with exponential backoff until
-//! [`RedisStoreBuilder::retry_deadline`]; commits and deletes are not retried (a lost reply may
-//! hide an applied write; the caller sees `Unavailable` and the manager's next attempt sees the
-//! true version). A subscription ends when its connection is lost, so the sync service
+//! [`RedisStoreBuilder::retry_deadline`].
+//!
+//! Writes are not retried here. A commit or delete whose request may have reached Redis without
+//! a reply (a timeout, a connection lost once the request could have been written) is
+//! [`Error::Indeterminate`]; every other error means nothing was written. The commit script
+//! keeps each commit's id in the change log (stream field `c`) and records creates and deletes
+//! in the document's fence set, so [`Store::resolve`] (and a repeated `delete_with_id`) can tell
+//! what became of such a write and fence it; `DataManager` does that itself (see its
+//! `update`). A subscription ends when its connection is lost, so the sync service
 //! re-subscribes and runs anti-entropy.
+
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -72,9 +79,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use electric_core::delta::{Delta, DeltaKind};
 use electric_core::store::{
-    Changes, Commit, CommitOutcome, Members, Snapshot, Store, Subscription, SubscriptionEvent,
+    Changes, Commit, CommitOutcome, Head, Members, Resolution, Snapshot, Store, Subscription,
+    SubscriptionEvent,
 };
-use electric_core::{Epoch, Error, Key, Result, SectionId, Stamp, Version};
+use electric_core::{CommitId, Digest, Epoch, Error, Key, Result, SectionId, Stamp, Version};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -93,6 +101,9 @@ pub const DEFAULT_NAMESPACE: &str = "electric";
 pub const DEFAULT_LOG_CAPACITY: usize = 1000;
 /// Default number of decoded deltas buffered per subscription.
 pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 8192;
+/// Default time a document's fence set keeps the record of a create or delete
+/// ([`RedisStoreBuilder::fence_ttl`]).
+pub const DEFAULT_FENCE_TTL: Duration = Duration::from_secs(3600);
 
 /// Builder for [`RedisStore`]; see each setting for its default.
 #[derive(Clone, Debug)]
@@ -106,6 +117,7 @@ pub struct RedisStoreBuilder {
     response_timeout: Duration,
     retry_deadline: Duration,
     tcp_nodelay: bool,
+    fence_ttl: Duration,
     username: Option<String>,
     password: Option<String>,
     tls: Tls,
@@ -180,6 +192,17 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// How long a document's fence set keeps the record of a create or a delete (default
+    /// [`DEFAULT_FENCE_TTL`], one hour; at least one second). The record is what refuses a late
+    /// copy of that request (one stuck in a socket buffer or being retransmitted) once the
+    /// writer has resolved it, so it must outlive any request still in flight: far longer than
+    /// the kernel's TCP retransmission limit (about 15 minutes by default). Each record is a
+    /// few dozen bytes; a set expires an hour after its last record.
+    pub fn fence_ttl(mut self, d: Duration) -> Self {
+        self.fence_ttl = d;
+        self
+    }
+
     /// Set `TCP_NODELAY` on every connection (default on). The `redis` crate leaves Nagle's
     /// algorithm on unless asked; with it, the last segment of a command that spans several
     /// waits for the earlier ones to be acknowledged, which the peer may delay by up to 40 ms.
@@ -238,6 +261,11 @@ impl RedisStoreBuilder {
         if self.log_capacity == 0 || self.subscription_capacity == 0 || self.urls.is_empty() {
             return Err(Error::InvalidConfig(
                 "redis store needs a url and capacities of at least 1".into(),
+            ));
+        }
+        if self.fence_ttl < Duration::from_secs(1) {
+            return Err(Error::InvalidConfig(
+                "redis store fence_ttl must be at least 1 s".into(),
             ));
         }
         let invalid = |e: RedisError| Error::InvalidConfig(format!("redis url: {e}"));
@@ -317,6 +345,7 @@ impl RedisStoreBuilder {
                 subscription_capacity: self.subscription_capacity,
                 response_timeout: self.response_timeout,
                 retry_deadline: self.retry_deadline,
+                fence_ttl: self.fence_ttl,
                 commit: Script::new(scripts::COMMIT),
                 delete: Script::new(scripts::DELETE),
                 changes: Script::new(scripts::CHANGES),
@@ -399,6 +428,7 @@ struct Inner {
     subscription_capacity: usize,
     response_timeout: Duration,
     retry_deadline: Duration,
+    fence_ttl: Duration,
     commit: Script,
     delete: Script,
     changes: Script,
@@ -484,6 +514,36 @@ pub(crate) fn map_err(e: RedisError) -> Error {
             reason: e.to_string(),
         },
     }
+}
+
+/// Maps an error of a write (a commit, a resolution, a delete) to ours. A request that may have
+/// reached Redis without its reply coming back — a timeout, a connection that broke once the
+/// request could have been written — is [`Error::Indeterminate`]: the write may have been
+/// applied. A reply from Redis (even an error), a connection that was never made, or a cluster
+/// that could not route the request means nothing was written and maps as for reads.
+pub(crate) fn write_err(e: RedisError, key: &Key, id: CommitId) -> Error {
+    let never_sent =
+        e.is_connection_refusal() || e.kind() == redis::ErrorKind::ClusterConnectionNotFound;
+    // A reply that could not be parsed was a reply: the request ran.
+    let lost_reply = e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_io_error()
+        || e.kind() == redis::ErrorKind::Parse;
+    if !never_sent && e.code().is_none() && lost_reply {
+        return Error::Indeterminate {
+            key: key.clone(),
+            commit: id,
+            reason: e.to_string(),
+        };
+    }
+    map_err(e)
+}
+
+/// What the commit script replied.
+enum Reply {
+    Committed(electric_core::SharedDelta),
+    Conflict(Option<Stamp>),
+    Unknown(String),
 }
 
 /// Why `e` is a refusal that retrying cannot fix, if it is one: a wrong password (`WRONGPASS`,
@@ -598,6 +658,7 @@ impl RedisStore {
             response_timeout: Duration::from_secs(2),
             retry_deadline: Duration::from_secs(3),
             tcp_nodelay: true,
+            fence_ttl: DEFAULT_FENCE_TTL,
             username: None,
             password: None,
             tls: Tls::default(),
@@ -669,6 +730,7 @@ impl RedisStore {
         let denied: Vec<String> = Script::new(acl::PROBE)
             .key(l.doc_key(&probe))
             .key(l.log_key(&probe))
+            .key(l.fence_key(&probe))
             .arg(l.channel(&probe.section_id()))
             .invoke_async(&mut conn)
             .await
@@ -707,8 +769,16 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// As [`Store::commit`].
+    /// As [`Store::commit`], except that an outcome the store cannot tell is `Unavailable`.
     pub async fn commit_raw(&self, keys: &[String], args: &[impl AsRef<str>]) -> Result<RValue> {
+        self.invoke_commit(keys, args).await.map_err(map_err)
+    }
+
+    async fn invoke_commit(
+        &self,
+        keys: &[String],
+        args: &[impl AsRef<str>],
+    ) -> std::result::Result<RValue, RedisError> {
         let mut inv = self.inner.commit.prepare_invoke();
         for k in keys {
             inv.key(k);
@@ -717,12 +787,20 @@ impl RedisStore {
             inv.arg(a.as_ref());
         }
         let mut conn = self.inner.conn.clone();
-        inv.invoke_async(&mut conn).await.map_err(map_err)
+        inv.invoke_async(&mut conn).await
     }
 
     /// The commit script's `(KEYS, ARGV)` for `commit` (see `scripts.rs` for their meaning).
     /// Member texts are borrowed from `commit`, not copied.
     pub fn commit_args<'c>(&self, commit: &'c Commit) -> (Vec<String>, Vec<Cow<'c, str>>) {
+        self.script_args(commit, "c")
+    }
+
+    fn script_args<'c>(
+        &self,
+        commit: &'c Commit,
+        mode: &'static str,
+    ) -> (Vec<String>, Vec<Cow<'c, str>>) {
         let l = &self.inner.layout;
         let (ee, ev) = match commit.expected {
             Some(s) => (s.epoch.to_string(), s.version.to_string()),
@@ -735,12 +813,12 @@ impl RedisStore {
             DeltaKind::Delete => "delete",
         };
         let sets = commit.fields.iter().filter(|(_, v)| v.is_some()).count();
-        let mut args: Vec<Cow<'c, str>> = Vec::with_capacity(11 + commit.fields.len() * 2);
+        let mut args: Vec<Cow<'c, str>> = Vec::with_capacity(14 + commit.fields.len() * 2);
         args.extend(
             [
                 ee,
                 ev,
-                Epoch::random().to_string(),
+                commit.id.to_string(),
                 self.inner.log_capacity.to_string(),
                 ttl.to_string(),
                 l.channel(&commit.key.section_id()),
@@ -751,6 +829,11 @@ impl RedisStore {
         );
         args.push(Cow::Borrowed(kind));
         args.push(Cow::Owned(json(&commit.ops)));
+        args.push(Cow::Owned(
+            commit.digest.map(|d| d.to_string()).unwrap_or_default(),
+        ));
+        args.push(Cow::Borrowed(mode));
+        args.push(Cow::Owned(self.fence_ms().to_string()));
         args.push(Cow::Owned(sets.to_string()));
         for (name, value) in &commit.fields {
             if let Some(v) = value {
@@ -763,7 +846,82 @@ impl RedisStore {
                 args.push(Cow::Owned(format!("{}{name}", layout::MEMBER_PREFIX)));
             }
         }
-        (vec![l.doc_key(&commit.key), l.log_key(&commit.key)], args)
+        let keys = vec![
+            l.doc_key(&commit.key),
+            l.log_key(&commit.key),
+            l.fence_key(&commit.key),
+        ];
+        (keys, args)
+    }
+
+    fn fence_ms(&self) -> u128 {
+        self.inner.fence_ttl.as_millis()
+    }
+
+    /// Runs the commit script for `commit` in `mode` and reads its reply.
+    async fn run_commit(&self, commit: &Commit, mode: &'static str) -> Result<Reply> {
+        let (keys, args) = self.script_args(commit, mode);
+        let reply = self
+            .invoke_commit(&keys, &args)
+            .await
+            .map_err(|e| write_err(e, &commit.key, commit.id))?;
+        let bad = |r: &str| Error::Backend {
+            reason: format!("commit script replied {r}"),
+        };
+        let RValue::Array(items) = reply else {
+            return Err(bad("a non-array"));
+        };
+        let delta = |stamp: Stamp, change_time: u64| {
+            Arc::new(Delta {
+                key: commit.key.clone(),
+                epoch: stamp.epoch,
+                base: stamp.version - 1,
+                version: stamp.version,
+                change_time,
+                origin: commit.origin.clone(),
+                kind: commit.kind,
+                ops: commit.ops.clone(),
+                commit: Some(commit.id),
+                digest: commit.digest,
+            })
+        };
+        Ok(match (items.first().and_then(as_u64), items.as_slice()) {
+            (Some(0), [_]) => Reply::Conflict(None),
+            (Some(0), [_, e, v]) => Reply::Conflict(Some(parse_stamp(e, v)?)),
+            (Some(1), [_, e, v, t, repaired]) => {
+                if as_u64(repaired) == Some(1) {
+                    self.inner.stats.log_repairs.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(key = %commit.key, "dropped a change log reaching past its document");
+                }
+                let change_time = as_u64(t).ok_or_else(|| bad("a bad time"))?;
+                Reply::Committed(delta(parse_stamp(e, v)?, change_time))
+            }
+            (Some(2), [_, text]) => {
+                let bytes = match text {
+                    RValue::BulkString(b) => b.as_slice(),
+                    _ => return Err(bad("a logged delta that is not a string")),
+                };
+                let d = Delta::decode(bytes)
+                    .map_err(|e| malformed("log entry", format!("{}: {e}", commit.key)))?;
+                if d.key != commit.key || d.commit != Some(commit.id) {
+                    return Err(malformed(
+                        "log entry",
+                        format!("{}: entry of another key or commit", commit.key),
+                    ));
+                }
+                Reply::Committed(Arc::new(d))
+            }
+            (Some(3), [_, t]) => {
+                let change_time = as_u64(t).ok_or_else(|| bad("a bad time"))?;
+                let stamp = Stamp {
+                    epoch: Epoch::from(commit.id),
+                    version: 1,
+                };
+                Reply::Committed(delta(stamp, change_time))
+            }
+            (Some(4), [_, reason]) => Reply::Unknown(as_str(reason).unwrap_or_default().into()),
+            _ => return Err(bad("an unexpected shape")),
+        })
     }
 
     /// Retries `op` on transient errors with exponential backoff (10 ms doubling to 500 ms,
@@ -865,6 +1023,7 @@ impl RedisStore {
         }
         let bad = |r: String| malformed("document", format!("{key}: {r}"));
         let (mut version, mut epoch, mut time) = (None, None, None);
+        let mut digest = None;
         // Member texts are handed over unparsed: the reader deserializes its type straight from
         // them, and text that is not JSON is reported then (see `Members`).
         let mut doc = Members::with_capacity(fields.len());
@@ -883,6 +1042,9 @@ impl RedisStore {
                 layout::VERSION_FIELD => version = text.parse::<u64>().ok(),
                 layout::EPOCH_FIELD => epoch = text.parse::<Epoch>().ok(),
                 layout::TIME_FIELD => time = text.parse::<u64>().ok(),
+                layout::DIGEST_FIELD => {
+                    digest = Some(text.parse::<Digest>().map_err(&bad)?);
+                }
                 n if n.starts_with("__") => {} // reserved for future layouts
                 n => return Err(bad(format!("foreign field {n:?}"))),
             }
@@ -892,6 +1054,7 @@ impl RedisStore {
                 stamp: Stamp { epoch, version },
                 change_time,
                 doc,
+                digest,
             })),
             _ => Err(bad("missing or invalid __v, __e or __t".into())),
         }
@@ -931,45 +1094,32 @@ impl Store for RedisStore {
         Self::parse_snapshot(key, fields)
     }
 
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome> {
         if commit.kind == DeltaKind::Delete {
             return Err(Error::InvalidConfig(
                 "commit kind must be patch or snapshot; use delete()".into(),
             ));
         }
-        let (keys, args) = self.commit_args(&commit);
-        let reply = self.commit_raw(&keys, &args).await?;
-        let bad = |r: &str| Error::Backend {
-            reason: format!("commit script replied {r}"),
-        };
-        let RValue::Array(items) = reply else {
-            return Err(bad("a non-array"));
-        };
-        match (items.first().and_then(as_u64), items.as_slice()) {
-            (Some(0), [_]) => Ok(CommitOutcome::Conflict { actual: None }),
-            (Some(0), [_, e, v]) => Ok(CommitOutcome::Conflict {
-                actual: Some(parse_stamp(e, v)?),
+        match self.run_commit(commit, "c").await? {
+            Reply::Committed(delta) => Ok(CommitOutcome::Committed(delta)),
+            Reply::Conflict(actual) => Ok(CommitOutcome::Conflict { actual }),
+            Reply::Unknown(reason) => Err(Error::Backend {
+                reason: format!("commit of {}: {reason}", commit.key),
             }),
-            (Some(1), [_, e, v, t, repaired]) => {
-                if as_u64(repaired) == Some(1) {
-                    self.inner.stats.log_repairs.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(key = %commit.key, "dropped a change log reaching past its document");
-                }
-                let stamp = parse_stamp(e, v)?;
-                let change_time = as_u64(t).ok_or_else(|| bad("a bad time"))?;
-                Ok(CommitOutcome::Committed(Arc::new(Delta {
-                    key: commit.key,
-                    epoch: stamp.epoch,
-                    base: stamp.version - 1,
-                    version: stamp.version,
-                    change_time,
-                    origin: commit.origin,
-                    kind: commit.kind,
-                    ops: commit.ops,
-                })))
-            }
-            _ => Err(bad("an unexpected shape")),
         }
+    }
+
+    async fn resolve(&self, commit: &Commit) -> Result<Resolution> {
+        if commit.kind == DeltaKind::Delete {
+            return Err(Error::InvalidConfig(
+                "commit kind must be patch or snapshot; use delete()".into(),
+            ));
+        }
+        Ok(match self.run_commit(commit, "r").await? {
+            Reply::Committed(delta) => Resolution::Committed(delta),
+            Reply::Conflict(actual) => Resolution::NotApplied { actual },
+            Reply::Unknown(reason) => Resolution::Unknown { reason },
+        })
     }
 
     async fn changes_since(&self, key: &Key, after: Version) -> Result<Changes> {
@@ -1012,8 +1162,18 @@ impl Store for RedisStore {
     }
 
     async fn stamps(&self, keys: &[Key]) -> Result<Vec<Option<Stamp>>> {
+        Ok(self
+            .heads(keys)
+            .await?
+            .into_iter()
+            .map(|h| h.map(|h| h.stamp))
+            .collect())
+    }
+
+    async fn heads(&self, keys: &[Key]) -> Result<Vec<Option<Head>>> {
+        type Fields = (Option<String>, Option<String>, Option<String>);
         let doc_keys: Vec<String> = keys.iter().map(|k| self.inner.layout.doc_key(k)).collect();
-        let replies: Vec<(Option<String>, Option<String>)> = self
+        let replies: Vec<Fields> = self
             .read(|c| {
                 // Concurrent requests on a multiplexed connection are pipelined; on a cluster
                 // each goes to its slot's node.
@@ -1024,7 +1184,8 @@ impl Store for RedisStore {
                             .arg(k)
                             .arg(layout::VERSION_FIELD)
                             .arg(layout::EPOCH_FIELD)
-                            .query_async::<(Option<String>, Option<String>)>(&mut c)
+                            .arg(layout::DIGEST_FIELD)
+                            .query_async::<Fields>(&mut c)
                             .await
                             .map_err(map_err)
                     }
@@ -1034,36 +1195,50 @@ impl Store for RedisStore {
             .await?;
         // A hash without both fields looks missing to HMGET: tell a foreign layout apart.
         for (k, r) in doc_keys.iter().zip(&replies) {
-            if *r == (None, None) && self.query::<bool>(redis::cmd("EXISTS").arg(k)).await? {
+            if (&r.0, &r.1) == (&None, &None)
+                && self.query::<bool>(redis::cmd("EXISTS").arg(k)).await?
+            {
                 return Err(malformed("document", format!("{k} lacks __v and __e")));
             }
         }
         keys.iter()
             .zip(replies)
             .map(|(key, r)| match r {
-                (Some(v), Some(e)) => Ok(Some(Stamp {
-                    version: v
-                        .parse()
-                        .map_err(|_| malformed("document", format!("{key}: bad __v")))?,
-                    epoch: e
-                        .parse()
+                (Some(v), Some(e), d) => Ok(Some(Head {
+                    stamp: Stamp {
+                        version: v
+                            .parse()
+                            .map_err(|_| malformed("document", format!("{key}: bad __v")))?,
+                        epoch: e
+                            .parse()
+                            .map_err(|e: String| malformed("document", format!("{key}: {e}")))?,
+                    },
+                    digest: d
+                        .map(|d| d.parse())
+                        .transpose()
                         .map_err(|e: String| malformed("document", format!("{key}: {e}")))?,
                 })),
-                (None, None) => Ok(None),
+                (None, None, _) => Ok(None),
                 _ => Err(malformed("document", format!("{key}: lacks __v or __e"))),
             })
             .collect()
     }
 
-    async fn delete(&self, key: &Key, origin: &str) -> Result<bool> {
+    async fn delete_with_id(&self, key: &Key, origin: &str, id: CommitId) -> Result<bool> {
         let l = &self.inner.layout;
         let mut inv = self.inner.delete.key(l.doc_key(key));
         inv.key(l.log_key(key))
+            .key(l.fence_key(key))
             .arg(l.channel(&key.section_id()))
             .arg(json(key))
-            .arg(json(origin));
+            .arg(json(origin))
+            .arg(id.to_string())
+            .arg(self.fence_ms().to_string());
         let mut conn = self.inner.conn.clone();
-        let n: u64 = inv.invoke_async(&mut conn).await.map_err(map_err)?;
+        let n: u64 = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| write_err(e, key, id))?;
         Ok(n > 0)
     }
 

@@ -10,33 +10,119 @@
 //! empty script cost 7.8 µs against 0.9 µs without it (`docs/tools/lua-arg-cost.sh`). The scripts therefore read nothing
 //! large on their common paths; see ARCHITECTURE.md, "The commit script's cost".
 
-/// The whole commit. `KEYS`: doc hash, log stream. `ARGV`:
-/// 1 expected epoch (`""`: expect no key), 2 expected version, 3 epoch for a created key,
-/// 4 log capacity, 5 TTL in ms (`0`: leave the expiry alone), 6 channel, 7 key JSON,
-/// 8 origin JSON, 9 kind, 10 ops JSON, 11 number `n` of fields to set, then `n` (field, JSON)
-/// pairs, then the fields to remove.
-///
-/// Returns `{0}` (conflict, no key), `{0, epoch, version}` (conflict) or
-/// `{1, epoch, version, change_time, repaired}` (committed; `repaired` is 1 when a log reaching
-/// past the document, written by someone else, was dropped first).
-pub(crate) const COMMIT: &str = r#"
-local cur = redis.call('HMGET', KEYS[1], '__v', '__e')
-local v, e = cur[1], cur[2]
-if not v or not e then
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    return redis.error_reply('ELECTRIC_MALFORMED document hash lacks __v/__e')
+/// Prepends the helpers the scripts share to a script body (`concat!` needs literals, so they
+/// live here): validate the document's stamp fields, read the clock, and record a create or
+/// delete in the fence set (`KEYS[3]`, a sorted set; member: commit id, score: milliseconds
+/// times 4 plus a code, 0 created, 1 refused, 2 deleted, 3 deleted nothing; members older than
+/// the fence lifetime are dropped as others are added).
+macro_rules! concat_prelude {
+    ($body:literal) => {
+        concat!(
+            r#"
+local function stamp_fields(hash)
+  local cur = redis.call('HMGET', hash, '__v', '__e')
+  local v, e = cur[1], cur[2]
+  if not v or not e then
+    return nil, nil
   end
-  v = nil
+  if not string.match(v, '^%d+$') or #e ~= 16 or not string.match(e, '^%x+$') then
+    return false, 'ELECTRIC_MALFORMED document hash has a bad __v or __e'
+  end
+  return v, e
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function remember(fence, id, code, ms, ttl)
+  redis.call('ZREMRANGEBYSCORE', fence, '-inf', '(' .. string.format('%d', (ms - ttl) * 4))
+  redis.call('ZADD', fence, string.format('%d', ms * 4 + code), id)
+  redis.call('PEXPIRE', fence, ttl)
+end
+"#,
+            $body
+        )
+    };
+}
+
+/// The whole commit, or its resolution. `KEYS`: doc hash, log stream, fence set. `ARGV`:
+/// 1 expected epoch (`""`: expect no key), 2 expected version, 3 commit id (also the epoch of
+/// a created key), 4 log capacity, 5 TTL in ms (`0`: leave the expiry alone), 6 channel,
+/// 7 key JSON, 8 origin JSON, 9 kind, 10 ops JSON, 11 digest (`""`: none), 12 mode (`c` commit,
+/// `r` resolve), 13 fence lifetime in ms, 14 number `n` of fields to set, then `n`
+/// (field, JSON) pairs, then the fields to remove.
+///
+/// Returns `{0}` (conflict, no key), `{0, epoch, version}` (conflict: not applied),
+/// `{1, epoch, version, change_time, repaired}` (committed now; `repaired` is 1 when a log
+/// reaching past the document, written by someone else, was dropped first), `{2, delta}` (this
+/// commit was applied earlier: its logged delta), `{3, change_time}` (this commit created the
+/// key earlier; its log entry is gone) or, in resolve mode only, `{4, reason}` (the store no
+/// longer holds what would tell). In resolve mode a create that finds another lifetime is
+/// recorded as refused, so no copy of it applies later.
+pub(crate) const COMMIT: &str = concat_prelude!(
+    r#"
+local v, e = stamp_fields(KEYS[1])
+if v == false then return redis.error_reply(e) end
+if not v and redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('ELECTRIC_MALFORMED document hash lacks __v/__e')
+end
+local id = ARGV[3]
+local resolving = ARGV[12] == 'r'
+local fence_ttl = tonumber(ARGV[13])
+local function logged(version)
+  local at = string.format('%d', version) .. '-0'
+  local entry = redis.call('XRANGE', KEYS[2], at, at)
+  if #entry == 0 then return nil end
+  local f = entry[1][2]
+  local d, c
+  for i = 1, #f, 2 do
+    if f[i] == 'd' then d = f[i + 1] elseif f[i] == 'c' then c = f[i + 1] end
+  end
+  return d, c
 end
 if ARGV[1] == '' then
-  if v then return {0, e, v} end
-elseif not v then
-  return {0}
-elseif e ~= ARGV[1] or v ~= ARGV[2] then
-  return {0, e, v}
+  if v and e == id then
+    -- This very commit created the current lifetime.
+    local d = logged(1)
+    if d then return {2, d} end
+    local rec = redis.call('ZSCORE', KEYS[3], id)
+    return {3, string.format('%d', math.floor(tonumber(rec or '0') / 4))}
+  end
+  local rec = redis.call('ZSCORE', KEYS[3], id)
+  if rec then
+    local code = tonumber(rec) % 4
+    if code == 0 then return {3, string.format('%d', math.floor(tonumber(rec) / 4))} end
+    if code ~= 1 then return {4, 'the commit id was used by a delete'} end
+    if v then return {0, e, v} end
+    return {0}
+  end
+  if v then
+    if resolving then remember(KEYS[3], id, 1, now_ms(), fence_ttl) end
+    return {0, e, v}
+  end
+else
+  if not v then
+    if resolving then return {4, 'the document it expected no longer exists'} end
+    return {0}
+  end
+  if e ~= ARGV[1] then
+    if resolving then return {4, 'the lifetime of the document it expected has ended'} end
+    return {0, e, v}
+  end
+  if v ~= ARGV[2] then
+    local want = tonumber(ARGV[2]) + 1
+    if tonumber(v) >= want then
+      local d, c = logged(want)
+      if d and c == id then return {2, d} end
+      if not d and resolving then
+        return {4, 'the change log no longer reaches back to v' .. string.format('%d', want)}
+      end
+    end
+    return {0, e, v}
+  end
 end
 local base = 0
-local epoch = ARGV[3]
+local epoch = id
 if v then
   base = tonumber(v)
   epoch = e
@@ -45,15 +131,18 @@ else
   redis.call('DEL', KEYS[2])
 end
 local vs = string.format('%d', base + 1)
-local t = redis.call('TIME')
-local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+local now = now_ms()
+local ms = string.format('%d', now)
+local digest = ''
+if ARGV[11] ~= '' then digest = ',"digest":"' .. ARGV[11] .. '"' end
 local delta = '{"v":1,"key":' .. ARGV[7] .. ',"epoch":"' .. epoch .. '","base":' ..
   string.format('%d', base) .. ',"version":' .. vs .. ',"time":' .. ms .. ',"origin":' ..
-  ARGV[8] .. ',"kind":"' .. ARGV[9] .. '","ops":' .. ARGV[10] .. '}'
+  ARGV[8] .. ',"kind":"' .. ARGV[9] .. '","ops":' .. ARGV[10] .. ',"commit":"' .. id .. '"' ..
+  digest .. '}'
 -- The log is written first: if it refuses the entry, nothing has changed yet, so a commit is
 -- all or nothing, and the common path reads nothing large through Lua.
 local repaired = 0
-local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[4], vs .. '-0', 'd', delta)
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[4], vs .. '-0', 'd', delta, 'c', id)
 if type(added) == 'table' and added.err then
   -- Only a log that has already gone past this version (written by someone else, even if its
   -- newest entries were deleted since) is repaired: dropped and started again. Any other
@@ -62,13 +151,18 @@ if type(added) == 'table' and added.err then
     return redis.error_reply(added.err)
   end
   redis.call('DEL', KEYS[2])
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], vs .. '-0', 'd', delta)
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], vs .. '-0', 'd', delta, 'c', id)
   repaired = 1
 end
-redis.call('HSET', KEYS[1], '__v', vs, '__e', epoch, '__t', ms)
-local n = tonumber(ARGV[11])
-local i = 12
-local last = 11 + 2 * n
+if ARGV[11] ~= '' then
+  redis.call('HSET', KEYS[1], '__v', vs, '__e', epoch, '__t', ms, '__d', ARGV[11])
+else
+  redis.call('HSET', KEYS[1], '__v', vs, '__e', epoch, '__t', ms)
+  redis.call('HDEL', KEYS[1], '__d')
+end
+local n = tonumber(ARGV[14])
+local i = 15
+local last = 14 + 2 * n
 while i <= last do
   local j = math.min(i + 999, last)
   redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
@@ -85,41 +179,59 @@ if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
+if not v then remember(KEYS[3], id, 0, now, fence_ttl) end
 return {1, epoch, vs, ms, repaired}
-"#;
+"#
+);
 
-/// Delete. `KEYS`: doc hash, log stream. `ARGV`: 1 channel, 2 key JSON, 3 origin JSON.
+/// Delete. `KEYS`: doc hash, log stream, fence set. `ARGV`: 1 channel, 2 key JSON, 3 origin
+/// JSON, 4 delete id, 5 fence lifetime in ms.
 ///
-/// Returns `0` (nothing there), `1` (deleted, delta published) or `2` (a foreign-layout hash was
-/// removed; no delta, since it had no epoch).
-pub(crate) const DELETE: &str = r#"
-local cur = redis.call('HMGET', KEYS[1], '__v', '__e')
-local v, e = cur[1], cur[2]
-if not v or not e then
+/// Returns `0` (nothing there), `1` (deleted, delta published) or `2` (a foreign-layout hash
+/// without `__v`/`__e` was removed; no delta, since it had no epoch). A delete id seen before
+/// returns its first answer (`1` for either of the last two) and deletes nothing.
+pub(crate) const DELETE: &str = concat_prelude!(
+    r#"
+local rec = redis.call('ZSCORE', KEYS[3], ARGV[4])
+if rec then
+  if tonumber(rec) % 4 == 2 then return 1 end
+  return 0
+end
+local v, e = stamp_fields(KEYS[1])
+if v == false then return redis.error_reply(e) end
+local fence_ttl = tonumber(ARGV[5])
+local now = now_ms()
+if not v then
   local n = redis.call('EXISTS', KEYS[1])
   redis.call('DEL', KEYS[1], KEYS[2])
-  if n == 1 then return 2 end
+  if n == 1 then
+    remember(KEYS[3], ARGV[4], 2, now, fence_ttl)
+    return 2
+  end
+  remember(KEYS[3], ARGV[4], 3, now, fence_ttl)
   return 0
 end
 redis.call('DEL', KEYS[1], KEYS[2])
-local t = redis.call('TIME')
-local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 local delta = '{"v":1,"key":' .. ARGV[2] .. ',"epoch":"' .. e .. '","base":' .. v ..
-  ',"version":' .. string.format('%d', tonumber(v) + 1) .. ',"time":' .. ms ..
-  ',"origin":' .. ARGV[3] .. ',"kind":"delete","ops":[]}'
+  ',"version":' .. string.format('%d', tonumber(v) + 1) .. ',"time":' ..
+  string.format('%d', now) .. ',"origin":' .. ARGV[3] .. ',"kind":"delete","ops":[]' ..
+  ',"commit":"' .. ARGV[4] .. '"}'
 redis.call('PUBLISH', ARGV[1], delta)
+remember(KEYS[3], ARGV[4], 2, now, fence_ttl)
 return 1
-"#;
+"#
+);
 
 /// The change log after a version, read atomically with the document's stamp.
 /// `KEYS`: doc hash, log stream. `ARGV`: 1 the version asked after.
 ///
 /// Returns `{0}` (missing), `{2, version, epoch, earliest}` (trimmed) or
 /// `{1, version, epoch, entries}` where entries is the `XRANGE` reply.
-pub(crate) const CHANGES: &str = r#"
-local cur = redis.call('HMGET', KEYS[1], '__v', '__e')
-local v, e = cur[1], cur[2]
-if not v or not e then
+pub(crate) const CHANGES: &str = concat_prelude!(
+    r#"
+local v, e = stamp_fields(KEYS[1])
+if v == false then return redis.error_reply(e) end
+if not v then
   if redis.call('EXISTS', KEYS[1]) == 1 then
     return redis.error_reply('ELECTRIC_MALFORMED document hash lacks __v/__e')
   end
@@ -130,13 +242,14 @@ local version = tonumber(v)
 local earliest = version + 1
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 if #first > 0 then
-  earliest = tonumber(string.match(first[1][1], '^(%d+)'))
+  earliest = tonumber(string.match(first[1][1], '^(%d+)')) or earliest
 end
 if after + 1 < earliest and after < version then
   return {2, v, e, string.format('%d', earliest)}
 end
 return {1, v, e, redis.call('XRANGE', KEYS[2], string.format('%d', after + 1) .. '-0', '+')}
-"#;
+"#
+);
 
 /// Sets the expiry of both keys. `KEYS`: doc hash, log stream. `ARGV`: 1 TTL in ms.
 /// Returns whether the document exists.

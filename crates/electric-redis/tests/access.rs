@@ -65,7 +65,7 @@ fn access_denied(result: Result<RedisStore, Error>) -> String {
 async fn round_trip(store: &RedisStore) {
     let key = Key::new("acc", "docs", electric_testkit::unique("k")).expect("key");
     let outcome = store
-        .commit(conformance::set(&key, None, "qty", json!(12.5)))
+        .commit(&conformance::set(&key, None, "qty", json!(12.5)))
         .await
         .expect("commit");
     assert!(
@@ -216,7 +216,7 @@ async fn every_command_of_the_minimal_acl_is_needed_and_its_absence_is_named() {
         "a denied read must not be retried"
     );
     match store
-        .commit(conformance::set(&key, None, "qty", json!(1)))
+        .commit(&conformance::set(&key, None, "qty", json!(1)))
         .await
     {
         // Redis does not say which of the script's commands it refused.

@@ -331,7 +331,7 @@ async fn script_flush_is_survived() {
         .await
         .unwrap();
     let outcome = store
-        .commit(set(&key, Some(d1.stamp()), "a", json!(2)))
+        .commit(&set(&key, Some(d1.stamp()), "a", json!(2)))
         .await
         .unwrap();
     assert!(matches!(outcome, electric_core::CommitOutcome::Committed(d) if d.version == 2));
@@ -379,7 +379,7 @@ async fn unreachable_mid_run_is_unavailable_then_recovers() {
         .await
         .unwrap();
     let key = Key::new("faults", "outage", "doc").unwrap();
-    let _ = store.commit(set(&key, None, "a", json!(1))).await.unwrap();
+    let _ = store.commit(&set(&key, None, "a", json!(1))).await.unwrap();
     let mut sub = store.subscribe(&key.section_id()).await.unwrap();
     server.stop();
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
@@ -395,7 +395,7 @@ async fn unreachable_mid_run_is_unavailable_then_recovers() {
     let err = store.load(&key).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err}");
     let err = store
-        .commit(set(&key, None, "a", json!(1)))
+        .commit(&set(&key, None, "a", json!(1)))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err}");
@@ -416,7 +416,7 @@ async fn unreachable_mid_run_is_unavailable_then_recovers() {
             }
         }
     }
-    let outcome = store.commit(set(&key, None, "a", json!(1))).await.unwrap();
+    let outcome = store.commit(&set(&key, None, "a", json!(1))).await.unwrap();
     assert!(matches!(
         outcome,
         electric_core::CommitOutcome::Committed(_)
@@ -446,7 +446,12 @@ async fn foreign_layouts_are_malformed() {
             .await
             .unwrap();
         malformed(store.load(&k).await.map(|_| ()));
-        malformed(store.commit(set(&k, None, "a", json!(1))).await.map(|_| ()));
+        malformed(
+            store
+                .commit(&set(&k, None, "a", json!(1)))
+                .await
+                .map(|_| ()),
+        );
         malformed(store.changes_since(&k, 0).await.map(|_| ()));
 
         // A hash without __v.
@@ -456,7 +461,12 @@ async fn foreign_layouts_are_malformed() {
             .await
             .unwrap();
         malformed(store.load(&k).await.map(|_| ()));
-        malformed(store.commit(set(&k, None, "a", json!(1))).await.map(|_| ()));
+        malformed(
+            store
+                .commit(&set(&k, None, "a", json!(1)))
+                .await
+                .map(|_| ()),
+        );
         malformed(store.changes_since(&k, 0).await.map(|_| ()));
         malformed(store.stamps(std::slice::from_ref(&k)).await.map(|_| ()));
         assert!(
@@ -464,6 +474,41 @@ async fn foreign_layouts_are_malformed() {
             "delete removes a foreign hash"
         );
         assert!(store.load(&k).await.unwrap().is_none());
+
+        // A version or epoch that is not ours: every script refuses it as malformed, naming no
+        // Lua internals.
+        for (field, value) in [("__v", "abc"), ("__v", "-1"), ("__e", "not-hex-digits!!")] {
+            let k = s.key(format!("bad-{}-{value}", &field[2..])).unwrap();
+            let d = committed(&store, set(&k, None, "a", json!(1))).await;
+            store
+                .query::<()>(redis::cmd("HSET").arg(l.doc_key(&k)).arg(field).arg(value))
+                .await
+                .unwrap();
+            let no_lua = |r: Result<(), Error>| match r {
+                Err(Error::Malformed { reason, .. }) => {
+                    assert!(!reason.contains("user_script"), "{reason}");
+                    assert!(!reason.contains("Lua"), "{reason}");
+                }
+                Err(e) => panic!("expected malformed, got {e}"),
+                Ok(()) => panic!("expected malformed, got a value"),
+            };
+            no_lua(store.delete(&k, "t").await.map(|_| ()));
+            no_lua(
+                store
+                    .commit(&set(&k, Some(d.stamp()), "a", json!(2)))
+                    .await
+                    .map(|_| ()),
+            );
+            no_lua(
+                store
+                    .resolve(&set(&k, None, "a", json!(2)))
+                    .await
+                    .map(|_| ()),
+            );
+            no_lua(store.changes_since(&k, 0).await.map(|_| ()));
+            no_lua(store.stamps(std::slice::from_ref(&k)).await.map(|_| ()));
+            no_lua(store.load(&k).await.map(|_| ()));
+        }
 
         // A hash with a foreign field, a bad member value, a bad epoch. The store hands member
         // texts over unparsed, so a bad member is found by the manager that reads it.
@@ -488,6 +533,16 @@ async fn foreign_layouts_are_malformed() {
             if field == ".a" {
                 let snap = store.load(&k).await.unwrap().unwrap();
                 assert_eq!(snap.doc.to_map().unwrap_err().member.as_deref(), Some("a"));
+                match m.get(k.id()).await {
+                    Err(Error::Malformed { reason, .. }) => {
+                        assert!(
+                            reason.contains("member \"a\""),
+                            "names the member: {reason}"
+                        );
+                        assert!(reason.contains(k.id()), "names the key: {reason}");
+                    }
+                    other => panic!("expected malformed, got {other:?}"),
+                }
             } else {
                 malformed(store.load(&k).await.map(|_| ()));
             }
@@ -508,7 +563,7 @@ async fn foreign_layouts_are_malformed() {
             {"op": "add", "path": "/__e", "value": 7}
         ]))
         .unwrap();
-        let _ = store.commit(c).await.unwrap();
+        let _ = store.commit(&c).await.unwrap();
         let snap = store.load(&k).await.unwrap().unwrap();
         assert_eq!(snap.stamp.version, 1);
         assert_eq!(
@@ -554,7 +609,7 @@ async fn malformed_log_entries_are_reported_and_repaired() {
         );
         // The next commit finds a log ahead of the document, drops it and commits v2.
         let outcome = store
-            .commit(set(&k, Some(d1.stamp()), "a", json!(2)))
+            .commit(&set(&k, Some(d1.stamp()), "a", json!(2)))
             .await
             .unwrap();
         assert!(matches!(outcome, electric_core::CommitOutcome::Committed(d) if d.version == 2));
@@ -600,7 +655,7 @@ async fn a_log_that_went_past_the_document_is_repaired_even_after_xdel() {
             .await
             .unwrap();
         let outcome = store
-            .commit(set(&k, Some(d1.stamp()), "a", json!(2)))
+            .commit(&set(&k, Some(d1.stamp()), "a", json!(2)))
             .await
             .unwrap();
         assert!(matches!(outcome, electric_core::CommitOutcome::Committed(d) if d.version == 2));
@@ -632,7 +687,7 @@ async fn a_foreign_log_key_refuses_the_commit_and_changes_nothing() {
             .await
             .unwrap();
         let err = store
-            .commit(set(&k, Some(d1.stamp()), "a", json!(2)))
+            .commit(&set(&k, Some(d1.stamp()), "a", json!(2)))
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Malformed { .. }), "{err}");
@@ -665,6 +720,8 @@ async fn malformed_channel_messages_are_reported_and_skipped() {
             origin: "x".into(),
             kind: electric_core::DeltaKind::Patch,
             ops: Default::default(),
+            commit: None,
+            digest: None,
         }
         .encode();
         for payload in [b"{garbage".to_vec(), br#"{"v":9}"#.to_vec(), foreign_delta] {
@@ -674,7 +731,7 @@ async fn malformed_channel_messages_are_reported_and_skipped() {
                 .unwrap();
         }
         let k = s.key("doc").unwrap();
-        let _ = store.commit(set(&k, None, "a", json!(1))).await.unwrap();
+        let _ = store.commit(&set(&k, None, "a", json!(1))).await.unwrap();
         let mut errors = 0;
         loop {
             let item = tokio::time::timeout(Duration::from_secs(5), sub.next())

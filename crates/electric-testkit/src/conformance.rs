@@ -17,8 +17,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use electric_core::store::{Changes, Commit, CommitOutcome, Snapshot, Store, SubscriptionEvent};
-use electric_core::{DeltaKind, Key, Patch, SectionId, Stamp};
+use electric_core::store::{
+    Changes, Commit, CommitOutcome, Head, Resolution, Snapshot, Store, SubscriptionEvent,
+};
+use electric_core::{CommitId, DeltaKind, Digest, Epoch, Key, Patch, SectionId, Stamp};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -48,7 +50,9 @@ macro_rules! store_conformance {
             missing_key_everywhere, subscription_delivers_section_deltas_in_order,
             stamps_are_batched_in_order, delete_publishes_and_recreate_starts_new_epoch,
             ttl_is_set_refreshed_and_expires, concurrent_writers_lose_no_update,
-            snapshot_commit_is_logged_as_snapshot);
+            snapshot_commit_is_logged_as_snapshot, commits_are_idempotent_and_resolvable,
+            creates_are_fenced_once_resolved, deletes_are_idempotent_by_id,
+            digests_are_kept_with_versions);
     };
     (@plain $factory:expr; $($name:ident),*) => {
         $(
@@ -122,12 +126,14 @@ pub fn set(key: &Key, expected: Option<Stamp>, field: &str, value: Value) -> Com
         ops: ops(json!([{"op": op, "path": format!("/{field}"), "value": value}])),
         origin: "conformance".into(),
         ttl: None,
+        id: CommitId::random(),
+        digest: None,
     }
 }
 
 /// Commits `commit`, panicking on a conflict or an error (for tests).
 pub async fn committed(store: &dyn Store, commit: Commit) -> electric_core::SharedDelta {
-    match store.commit(commit).await.expect("commit") {
+    match store.commit(&commit).await.expect("commit") {
         CommitOutcome::Committed(d) => d,
         CommitOutcome::Conflict { actual } => panic!("unexpected conflict, store has {actual:?}"),
     }
@@ -151,7 +157,7 @@ pub async fn create_then_load(sut: StoreUnderTest) {
     assert_eq!(snap.change_time, d.change_time);
     assert_eq!(doc_value(&snap), json!({"a": 1}));
     match store
-        .commit(set(&key, None, "a", json!(2)))
+        .commit(&set(&key, None, "a", json!(2)))
         .await
         .expect("commit")
     {
@@ -180,7 +186,7 @@ pub async fn conflict_reports_actual(sut: StoreUnderTest) {
         },
     ] {
         match store
-            .commit(set(&key, Some(stale), "a", json!(9)))
+            .commit(&set(&key, Some(stale), "a", json!(9)))
             .await
             .expect("commit")
         {
@@ -190,7 +196,7 @@ pub async fn conflict_reports_actual(sut: StoreUnderTest) {
     }
     let missing = section().key("nope").expect("key");
     match store
-        .commit(set(&missing, Some(v1), "a", json!(1)))
+        .commit(&set(&missing, Some(v1), "a", json!(1)))
         .await
         .expect("commit")
     {
@@ -225,6 +231,8 @@ pub async fn fields_set_and_removed(sut: StoreUnderTest) {
         ),
         origin: "conformance".into(),
         ttl: None,
+        id: CommitId::random(),
+        digest: None,
     };
     committed(store, c).await;
     let snap = store.load(&key).await.expect("load").expect("exists");
@@ -475,7 +483,7 @@ pub async fn concurrent_writers_lose_no_update(sut: StoreUnderTest) {
                     None => (None, 0),
                 };
                 if let CommitOutcome::Committed(_) = store
-                    .commit(set(&key, expected, "n", json!(n + 1)))
+                    .commit(&set(&key, expected, "n", json!(n + 1)))
                     .await
                     .expect("commit")
                 {
@@ -511,6 +519,8 @@ pub async fn snapshot_commit_is_logged_as_snapshot(sut: StoreUnderTest) {
         ops: electric_core::Delta::snapshot_ops(doc.clone()),
         origin: "conformance".into(),
         ttl: None,
+        id: CommitId::random(),
+        digest: None,
     };
     let d = committed(store, c).await;
     assert_eq!(d.kind, DeltaKind::Snapshot);
@@ -524,4 +534,216 @@ pub async fn snapshot_commit_is_logged_as_snapshot(sut: StoreUnderTest) {
         }
         other => panic!("expected deltas, got {other:?}"),
     }
+}
+
+fn applied(r: Resolution) -> electric_core::SharedDelta {
+    match r {
+        Resolution::Committed(d) => d,
+        other => panic!("expected committed, got {other:?}"),
+    }
+}
+
+fn not_applied(r: Resolution) -> Option<Stamp> {
+    match r {
+        Resolution::NotApplied { actual } => actual,
+        other => panic!("expected not applied, got {other:?}"),
+    }
+}
+
+/// A commit carries its id into the log; sending it again reports the first outcome instead of
+/// applying it twice; `resolve` says whether a commit was applied and applies one that can
+/// still apply exactly as sent.
+pub async fn commits_are_idempotent_and_resolvable(sut: StoreUnderTest) {
+    let store = &*sut.store;
+    let key = section().key("doc").expect("key");
+    let x = set(&key, None, "n", json!(1));
+    let d1 = committed(store, x.clone()).await;
+    assert_eq!((d1.version, d1.commit), (1, Some(x.id)));
+    assert_eq!(
+        d1.epoch,
+        Epoch::from(x.id),
+        "a create takes its epoch from its id"
+    );
+    let again = committed(store, x.clone()).await;
+    assert_eq!(
+        (again.version, again.commit),
+        (1, Some(x.id)),
+        "a repeated create is reported, not applied"
+    );
+    assert_eq!(
+        applied(store.resolve(&x).await.expect("resolve")).version,
+        1
+    );
+    let y = set(&key, Some(d1.stamp()), "n", json!(2));
+    let d2 = committed(store, y.clone()).await;
+    let again = committed(store, y.clone()).await;
+    assert_eq!((again.version, again.commit), (2, Some(y.id)));
+    let resolved = applied(store.resolve(&y).await.expect("resolve"));
+    assert_eq!((resolved.version, resolved.commit), (2, Some(y.id)));
+    // Never sent, and its base is gone: not applied, and it never will be.
+    let z = set(&key, Some(d1.stamp()), "n", json!(99));
+    assert_eq!(
+        not_applied(store.resolve(&z).await.expect("resolve")),
+        Some(d2.stamp())
+    );
+    match store.commit(&z).await.expect("commit") {
+        CommitOutcome::Conflict { actual } => assert_eq!(actual, Some(d2.stamp())),
+        CommitOutcome::Committed(d) => panic!("a stale commit applied: {d:?}"),
+    }
+    // Never sent, and its base is current: resolve applies it, once.
+    let w = set(&key, Some(d2.stamp()), "n", json!(3));
+    let d3 = applied(store.resolve(&w).await.expect("resolve"));
+    assert_eq!((d3.version, d3.commit), (3, Some(w.id)));
+    let late = committed(store, w.clone()).await;
+    assert_eq!(late.version, 3, "a late copy is reported, not applied");
+    let snap = store.load(&key).await.expect("load").expect("exists");
+    assert_eq!(
+        (snap.stamp.version, doc_value(&snap)["n"].clone()),
+        (3, json!(3))
+    );
+    match store.changes_since(&key, 0).await.expect("changes") {
+        Changes::Deltas { deltas, .. } => {
+            let ids: Vec<_> = deltas.iter().map(|d| d.commit).collect();
+            assert_eq!(ids, vec![Some(x.id), Some(y.id), Some(w.id)]);
+        }
+        other => panic!("expected deltas, got {other:?}"),
+    }
+    // The lifetime it expected has ended: nobody can tell any more, and nothing applies.
+    let v = set(&key, Some(d3.stamp()), "n", json!(4));
+    assert!(store.delete(&key, "conformance").await.expect("delete"));
+    match store.resolve(&v).await.expect("resolve") {
+        Resolution::Unknown { .. } => {}
+        other => panic!("expected unknown, got {other:?}"),
+    }
+    assert!(store.load(&key).await.expect("load").is_none());
+}
+
+/// A create that `resolve` found not applied is refused for ever after, even once the key is
+/// gone again; one that was applied is never applied a second time.
+pub async fn creates_are_fenced_once_resolved(sut: StoreUnderTest) {
+    let store = &*sut.store;
+    let key = section().key("doc").expect("key");
+    let first = committed(store, set(&key, None, "n", json!(1))).await;
+    let c = set(&key, None, "n", json!(2));
+    assert_eq!(
+        not_applied(store.resolve(&c).await.expect("resolve")),
+        Some(first.stamp())
+    );
+    assert!(store.delete(&key, "conformance").await.expect("delete"));
+    match store.commit(&c).await.expect("commit") {
+        CommitOutcome::Conflict { actual } => assert_eq!(actual, None),
+        CommitOutcome::Committed(d) => panic!("a fenced create applied: {d:?}"),
+    }
+    assert!(store.load(&key).await.expect("load").is_none());
+    assert_eq!(not_applied(store.resolve(&c).await.expect("resolve")), None);
+    // Resolving a create of an absent key applies it; a late copy after a delete does not.
+    let d = set(&key, None, "n", json!(3));
+    let created = applied(store.resolve(&d).await.expect("resolve"));
+    assert_eq!((created.version, created.epoch), (1, Epoch::from(d.id)));
+    assert!(store.delete(&key, "conformance").await.expect("delete"));
+    if let CommitOutcome::Committed(late) = store.commit(&d).await.expect("commit") {
+        assert_eq!(
+            late.epoch,
+            Epoch::from(d.id),
+            "reported as the earlier create"
+        );
+    }
+    assert!(
+        store.load(&key).await.expect("load").is_none(),
+        "a late copy of a create does not bring the key back"
+    );
+}
+
+/// Repeating a delete with the same id returns the first answer and deletes nothing more.
+pub async fn deletes_are_idempotent_by_id(sut: StoreUnderTest) {
+    let store = &*sut.store;
+    let key = section().key("doc").expect("key");
+    committed(store, set(&key, None, "n", json!(1))).await;
+    let del = CommitId::random();
+    assert!(store
+        .delete_with_id(&key, "conformance", del)
+        .await
+        .expect("delete"));
+    let again = committed(store, set(&key, None, "n", json!(2))).await;
+    assert!(
+        store
+            .delete_with_id(&key, "conformance", del)
+            .await
+            .expect("delete"),
+        "the first answer"
+    );
+    let snap = store
+        .load(&key)
+        .await
+        .expect("load")
+        .expect("the new lifetime stays");
+    assert_eq!(snap.stamp, again.stamp());
+    assert!(store.delete(&key, "conformance").await.expect("delete"));
+    let missing = CommitId::random();
+    assert!(!store
+        .delete_with_id(&key, "conformance", missing)
+        .await
+        .expect("delete"));
+    committed(store, set(&key, None, "n", json!(3))).await;
+    assert!(
+        !store
+            .delete_with_id(&key, "conformance", missing)
+            .await
+            .expect("delete"),
+        "still the first answer"
+    );
+    assert!(store.load(&key).await.expect("load").is_some());
+}
+
+/// A commit's digest is kept with its version: loads, heads, the delta and the log carry it;
+/// a commit without one clears it.
+pub async fn digests_are_kept_with_versions(sut: StoreUnderTest) {
+    let store = &*sut.store;
+    let s = section();
+    let key = s.key("doc").expect("key");
+    let mut sub = store.subscribe(&s).await.expect("subscribe");
+    let digest = Digest::from_raw(0x0123_4567_89ab_cdef);
+    let mut c = set(&key, None, "n", json!(1));
+    c.digest = Some(digest);
+    let d1 = committed(store, c).await;
+    assert_eq!(d1.digest, Some(digest));
+    assert_eq!(next_delta(&mut sub).await.digest, Some(digest));
+    let snap = store.load(&key).await.expect("load").expect("exists");
+    assert_eq!(snap.digest, Some(digest));
+    let other = s.key("missing").expect("key");
+    assert_eq!(
+        store.heads(&[key.clone(), other]).await.expect("heads"),
+        vec![
+            Some(Head {
+                stamp: d1.stamp(),
+                digest: Some(digest)
+            }),
+            None
+        ]
+    );
+    match store.changes_since(&key, 0).await.expect("changes") {
+        Changes::Deltas { deltas, .. } => assert_eq!(deltas[0].digest, Some(digest)),
+        other => panic!("expected deltas, got {other:?}"),
+    }
+    let d2 = committed(store, set(&key, Some(d1.stamp()), "n", json!(2))).await;
+    assert_eq!(d2.digest, None);
+    assert_eq!(
+        store
+            .load(&key)
+            .await
+            .expect("load")
+            .expect("exists")
+            .digest,
+        None
+    );
+    assert_eq!(
+        store
+            .heads(std::slice::from_ref(&key))
+            .await
+            .expect("heads")[0],
+        Some(Head {
+            stamp: d2.stamp(),
+            digest: None
+        })
+    );
 }

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 use criterion::measurement::WallTime;
 use criterion::BenchmarkGroup;
 use electric_core::manager::UpdateOutcome;
-use electric_core::{DataManager, Delta, DeltaKind, MemoryStore};
+use electric_core::{CommitId, DataManager, Delta, DeltaKind, Digest, MemoryStore};
 use electric_testkit::orderbook::OrderBook;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -97,6 +97,14 @@ pub fn remote_deltas(
                 origin: "bench-writer".into(),
                 kind: DeltaKind::Patch,
                 ops,
+                commit: Some(CommitId::random()),
+                // As a writer gives it, so replicas check what they apply.
+                digest: Some(Digest::of(
+                    serde_json::to_value(&next)
+                        .unwrap()
+                        .as_object()
+                        .expect("an object"),
+                )),
             }));
             *book = next;
         }

@@ -3,10 +3,12 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use serde::Serialize;
+use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
 use crate::delta::SharedDelta;
@@ -33,11 +35,16 @@ pub enum RepairReason {
     /// A delta did not apply (bad pointer, type mismatch, undeserializable result); the snapshot
     /// was reloaded.
     ApplyFailed,
+    /// The content did not match its digest: a delta produced a document other than the one
+    /// its writer had (forged, corrupted or misapplied), a delta for the cached version carried
+    /// another digest, or anti-entropy found the store's digest differs; the snapshot was
+    /// reloaded.
+    Digest,
 }
 
 impl RepairReason {
     /// Every reason, in report order.
-    pub const ALL: [RepairReason; 7] = [
+    pub const ALL: [RepairReason; 8] = [
         RepairReason::Gap,
         RepairReason::Trimmed,
         RepairReason::Epoch,
@@ -45,6 +52,7 @@ impl RepairReason {
         RepairReason::Lagged,
         RepairReason::AntiEntropy,
         RepairReason::ApplyFailed,
+        RepairReason::Digest,
     ];
 
     /// The reason's snake_case name, as used in reports and metrics labels.
@@ -57,6 +65,7 @@ impl RepairReason {
             RepairReason::Lagged => "lagged",
             RepairReason::AntiEntropy => "anti_entropy",
             RepairReason::ApplyFailed => "apply_failed",
+            RepairReason::Digest => "digest",
         }
     }
 
@@ -72,6 +81,13 @@ impl fmt::Display for RepairReason {
 }
 
 /// What changed a cached document.
+///
+/// Together the events of one key account for every version its cached document passes
+/// through: `Local`, `Remote` and `CaughtUp` each carry the delta from one version to the next
+/// (in order, `base` equal to the previous event's version); `Reloaded` carries the new state
+/// whole and names the version the document left, so the versions in between are the ones the
+/// listener was not shown one by one; `Deleted` ends a lifetime. A listener that falls behind
+/// is told how many events it lost ([`Missed`]).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum ChangeCause {
@@ -79,8 +95,25 @@ pub enum ChangeCause {
     Local(SharedDelta),
     /// The delta arrived from another writer and was applied.
     Remote(SharedDelta),
-    /// The document was repaired (re-read from the log or the snapshot).
-    Repaired(RepairReason),
+    /// The delta was read from the change log to close a gap (`reason`: what found it) and
+    /// applied; a catch-up applies its deltas in order, one event each.
+    CaughtUp {
+        /// What found the gap.
+        reason: RepairReason,
+        /// The delta applied.
+        delta: SharedDelta,
+    },
+    /// The cached document was replaced by the store's snapshot. Versions after `from` and
+    /// before the event's stamp were not seen one by one.
+    Reloaded {
+        /// The stamp the cached document had before (`None`: it was not cached).
+        from: Option<Stamp>,
+        /// The repair that reloaded it, or `None` when the manager itself loaded it (a read of
+        /// a document not cached, an update refreshing its copy after a conflict).
+        reason: Option<RepairReason>,
+        /// The new state, as JSON.
+        doc: Arc<Map<String, Value>>,
+    },
     /// The document was deleted in the store.
     Deleted,
 }
@@ -155,7 +188,9 @@ pub(crate) struct Counters {
     pub flushed: AtomicU64,
     pub malformed: AtomicU64,
     pub sync_errors: AtomicU64,
-    pub repairs: [AtomicU64; 7],
+    pub ambiguous: AtomicU64,
+    pub indeterminate: AtomicU64,
+    pub repairs: [AtomicU64; 8],
 }
 
 impl Counters {
@@ -184,6 +219,8 @@ impl Counters {
             flushed: g(&self.flushed),
             malformed: g(&self.malformed),
             sync_errors: g(&self.sync_errors),
+            ambiguous: g(&self.ambiguous),
+            indeterminate: g(&self.indeterminate),
             repairs: RepairCounts(RepairReason::ALL.map(|r| (r, g(&self.repairs[r.index()])))),
         }
     }
@@ -191,7 +228,7 @@ impl Counters {
 
 /// Repairs by reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RepairCounts(pub [(RepairReason, u64); 7]);
+pub struct RepairCounts(pub [(RepairReason, u64); 8]);
 
 impl RepairCounts {
     /// The count for one reason.
@@ -261,6 +298,12 @@ pub struct ManagerStats {
     pub malformed: u64,
     /// Sync errors reported on the sync-error stream.
     pub sync_errors: u64,
+    /// Writes (commits and deletes) whose reply was lost, so the store was asked what became of
+    /// them.
+    pub ambiguous: u64,
+    /// Writes returned as [`Error::Indeterminate`](crate::Error::Indeterminate): the store could
+    /// not be asked in time, or no longer knew.
+    pub indeterminate: u64,
     /// Repairs by reason.
     pub repairs: RepairCounts,
 }

@@ -12,23 +12,84 @@
 //! `RawValue`, an `arbitrary_precision` number), a root that is not an object or is replaced
 //! whole (a top-level enum), a `Serialize` error — gives up with an error; the tree is then in
 //! an unspecified state and the caller must rebuild it the slow way (which also reports the
-//! real error).
+//! real error). A NaN or an infinity, which JSON cannot hold (`serde_json` would write `null`),
+//! stops it with [`DiffError::NonFinite`] naming where it is.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::fmt;
 
 use serde::ser::{self, Serialize};
 use serde_json::{Map, Value};
 
+use super::finite::{self, NonFinite};
 use super::{render, scalar_eq, Path, Seg};
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 
-type Error = serde_json::Error;
+type Error = DiffError;
+
+/// Why [`diff_into`] stopped.
+#[derive(Debug)]
+pub(crate) enum DiffError {
+    /// The value holds a number JSON cannot represent.
+    NonFinite(NonFinite),
+    /// Something this serializer leaves to the slow path (see the module docs).
+    GiveUp(String),
+}
+
+impl fmt::Display for DiffError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiffError::NonFinite(n) => write!(f, "{} at {:?}", n.value, n.path),
+            DiffError::GiveUp(why) => write!(f, "diff_into gives up: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DiffError {}
+
+impl ser::Error for DiffError {
+    fn custom<M: fmt::Display>(msg: M) -> Self {
+        DiffError::GiveUp(msg.to_string())
+    }
+}
+
+impl From<serde_json::Error> for DiffError {
+    fn from(e: serde_json::Error) -> Self {
+        DiffError::GiveUp(e.to_string())
+    }
+}
+
+/// `value` built whole as the new value at `path`, refusing a NaN or an infinity inside it.
+fn build<T: Serialize + ?Sized>(value: &T, path: Option<&Path<'_, '_>>) -> Result<Value, Error> {
+    if let Some(mut found) = finite::find(value) {
+        found.path = format!("{}{}", render(path), found.path);
+        return Err(DiffError::NonFinite(found));
+    }
+    Ok(serde_json::to_value(value)?)
+}
 
 /// The prefix of the names of the structs `serde_json` serializes its own special values as
 /// (`$serde_json::private::RawValue`, and `$serde_json::private::Number` when its
 /// `arbitrary_precision` feature is on).
 const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
+
+/// The operations [`diff_into`] emits, each with the value it replaced or removed (`None` for an
+/// `add`), so the caller can update the document's digest without the old tree.
+#[derive(Debug, Default)]
+pub(crate) struct OpLog {
+    /// The patch, in the order the value serialized.
+    pub ops: Vec<PatchOperation>,
+    /// For each operation, what was at its path before.
+    pub olds: Vec<Option<Value>>,
+}
+
+impl OpLog {
+    fn push(&mut self, op: PatchOperation, old: Option<Value>) {
+        self.ops.push(op);
+        self.olds.push(old);
+    }
+}
 
 /// Serializes `value` into `tree` (the previous version's JSON object), pushing the operations
 /// that turn the old tree into the new one onto `ops`.
@@ -39,9 +100,9 @@ const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
 pub(crate) fn diff_into<T: Serialize + ?Sized>(
     tree: &mut Map<String, Value>,
     value: &T,
-    ops: &mut Vec<PatchOperation>,
+    ops: &mut OpLog,
 ) -> Result<(), Error> {
-    let start = ops.len();
+    let start = ops.ops.len();
     let mut root = Value::Object(std::mem::take(tree));
     value.serialize(DiffSer {
         slot: &mut root,
@@ -51,7 +112,7 @@ pub(crate) fn diff_into<T: Serialize + ?Sized>(
     // A root replaced whole (an enum at the top level, say) names no member, and the caller
     // learns removed members from the operations' paths: leave that to `diff`, which never
     // replaces an object's root.
-    if ops[start..].iter().any(|op| op.path().is_root()) {
+    if ops.ops[start..].iter().any(|op| op.path().is_root()) {
         return Err(give_up("the root was replaced"));
     }
     match root {
@@ -64,14 +125,14 @@ pub(crate) fn diff_into<T: Serialize + ?Sized>(
 }
 
 fn give_up(why: &str) -> Error {
-    ser::Error::custom(format_args!("diff_into gives up: {why}"))
+    DiffError::GiveUp(why.to_string())
 }
 
 /// Serializes one value against `slot`.
 struct DiffSer<'s, 'p, 'a> {
     slot: &'s mut Value,
     path: Option<&'p Path<'p, 'a>>,
-    ops: &'s mut Vec<PatchOperation>,
+    ops: &'s mut OpLog,
 }
 
 impl<'s, 'p, 'a> DiffSer<'s, 'p, 'a> {
@@ -84,11 +145,14 @@ impl<'s, 'p, 'a> DiffSer<'s, 'p, 'a> {
         if equal {
             return Ok(());
         }
-        self.ops.push(PatchOperation::Replace(ReplaceOperation {
-            path: render(self.path),
-            value: new.clone(),
-        }));
-        *self.slot = new;
+        let old = std::mem::replace(self.slot, new.clone());
+        self.ops.push(
+            PatchOperation::Replace(ReplaceOperation {
+                path: render(self.path),
+                value: new,
+            }),
+            Some(old),
+        );
         Ok(())
     }
 
@@ -180,7 +244,7 @@ enum Compound<'s, 'p, 'a> {
     Walk {
         slot: &'s mut Value,
         path: Option<&'p Path<'p, 'a>>,
-        ops: &'s mut Vec<PatchOperation>,
+        ops: &'s mut OpLog,
         /// Object members written so far.
         seen: Seen,
         /// The next array index.
@@ -193,7 +257,7 @@ enum Compound<'s, 'p, 'a> {
     Build {
         slot: &'s mut Value,
         path: Option<&'p Path<'p, 'a>>,
-        ops: &'s mut Vec<PatchOperation>,
+        ops: &'s mut OpLog,
         built: Value,
         wrap: Option<&'static str>,
         key: Option<String>,
@@ -223,19 +287,39 @@ impl Compound<'_, '_, '_> {
                         ops,
                     });
                 }
-                let new = serde_json::to_value(value)?;
-                ops.push(PatchOperation::Add(AddOperation {
-                    path: render(Some(&child)),
-                    value: new.clone(),
-                }));
+                let new = build(value, Some(&child))?;
+                ops.push(
+                    PatchOperation::Add(AddOperation {
+                        path: render(Some(&child)),
+                        value: new.clone(),
+                    }),
+                    None,
+                );
                 items.push(new);
                 Ok(())
             }
             Compound::Build {
                 built: Value::Array(items),
+                path,
+                wrap,
                 ..
             } => {
-                items.push(serde_json::to_value(value)?);
+                let variant;
+                let parent = match wrap {
+                    Some(v) => {
+                        variant = Path {
+                            parent: *path,
+                            seg: Seg::Key(v),
+                        };
+                        Some(&variant)
+                    }
+                    None => *path,
+                };
+                let child = Path {
+                    parent,
+                    seg: Seg::Index(items.len()),
+                };
+                items.push(build(value, Some(&child))?);
                 Ok(())
             }
             _ => Err(give_up("an element outside an array")),
@@ -266,11 +350,14 @@ impl Compound<'_, '_, '_> {
                         ops,
                     })?;
                 } else {
-                    let new = serde_json::to_value(value)?;
-                    ops.push(PatchOperation::Add(AddOperation {
-                        path: render(Some(&child)),
-                        value: new.clone(),
-                    }));
+                    let new = build(value, Some(&child))?;
+                    ops.push(
+                        PatchOperation::Add(AddOperation {
+                            path: render(Some(&child)),
+                            value: new.clone(),
+                        }),
+                        None,
+                    );
                     map.insert(name.clone().into_owned(), new);
                 }
                 if seen.insert(name) {
@@ -281,9 +368,27 @@ impl Compound<'_, '_, '_> {
             }
             Compound::Build {
                 built: Value::Object(map),
+                path,
+                wrap,
                 ..
             } => {
-                map.insert(name.into_owned(), serde_json::to_value(value)?);
+                let variant;
+                let parent = match wrap {
+                    Some(v) => {
+                        variant = Path {
+                            parent: *path,
+                            seg: Seg::Key(v),
+                        };
+                        Some(&variant)
+                    }
+                    None => *path,
+                };
+                let child = Path {
+                    parent,
+                    seg: Seg::Key(&name),
+                };
+                let new = build(value, Some(&child))?;
+                map.insert(name.into_owned(), new);
                 Ok(())
             }
             _ => Err(give_up("a member outside an object")),
@@ -326,13 +431,16 @@ impl Compound<'_, '_, '_> {
                         // Dropped tail elements, highest index first.
                         while items.len() > next {
                             let i = items.len() - 1;
-                            ops.push(PatchOperation::Remove(RemoveOperation {
-                                path: render(Some(&Path {
-                                    parent: path,
-                                    seg: Seg::Index(i),
-                                })),
-                            }));
-                            items.pop();
+                            let old = items.pop();
+                            ops.push(
+                                PatchOperation::Remove(RemoveOperation {
+                                    path: render(Some(&Path {
+                                        parent: path,
+                                        seg: Seg::Index(i),
+                                    })),
+                                }),
+                                old,
+                            );
                         }
                     }
                     Value::Object(map) => {
@@ -341,13 +449,16 @@ impl Compound<'_, '_, '_> {
                             let gone: Vec<String> =
                                 map.keys().filter(|k| !seen.contains(k)).cloned().collect();
                             for k in gone {
-                                ops.push(PatchOperation::Remove(RemoveOperation {
-                                    path: render(Some(&Path {
-                                        parent: path,
-                                        seg: Seg::Key(&k),
-                                    })),
-                                }));
-                                map.remove(&k);
+                                let old = map.remove(&k);
+                                ops.push(
+                                    PatchOperation::Remove(RemoveOperation {
+                                        path: render(Some(&Path {
+                                            parent: path,
+                                            seg: Seg::Key(&k),
+                                        })),
+                                    }),
+                                    old,
+                                );
                             }
                         }
                     }
@@ -422,9 +533,15 @@ impl<'s, 'p, 'a> ser::Serializer for DiffSer<'s, 'p, 'a> {
         self.set(serde_json::to_value(v)?)
     }
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
-        self.set(serde_json::to_value(v)?)
+        self.serialize_f64(f64::from(v))
     }
     fn serialize_f64(self, v: f64) -> Result<(), Error> {
+        if !v.is_finite() {
+            return Err(DiffError::NonFinite(NonFinite {
+                path: render(self.path).to_string(),
+                value: v,
+            }));
+        }
         self.set(serde_json::to_value(v)?)
     }
     fn serialize_char(self, v: char) -> Result<(), Error> {
@@ -470,8 +587,13 @@ impl<'s, 'p, 'a> ser::Serializer for DiffSer<'s, 'p, 'a> {
         variant: &'static str,
         value: &T,
     ) -> Result<(), Error> {
+        let child = Path {
+            parent: self.path,
+            seg: Seg::Key(variant),
+        };
+        let new = build(value, Some(&child))?;
         let mut m = Map::new();
-        m.insert(variant.to_owned(), serde_json::to_value(value)?);
+        m.insert(variant.to_owned(), new);
         self.set(Value::Object(m))
     }
     fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, Error> {
@@ -591,8 +713,9 @@ mod tests {
     use serde::Serialize;
     use serde_json::{json, Value};
 
-    use super::diff_into;
+    use super::{diff_into, OpLog};
     use crate::delta::Patch;
+    use crate::digest::Digest;
     use crate::patch::{apply, diff};
 
     /// `diff_into` against `old` must leave the tree equal to `to_value(new)`, return operations
@@ -602,8 +725,15 @@ mod tests {
         let Value::Object(mut tree) = old.clone() else {
             return Err(TestCaseError::reject("old is not an object"));
         };
-        let mut ops = Vec::new();
-        diff_into(&mut tree, new, &mut ops).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut log = OpLog::default();
+        let before = Digest::of(&tree);
+        diff_into(&mut tree, new, &mut log).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(
+            before.after(&log.ops, log.olds.iter().map(Option::as_ref)),
+            Some(Digest::of(&tree)),
+            "the digest follows the operations"
+        );
+        let ops = log.ops;
         prop_assert_eq!(&Value::Object(tree), &want);
         let mut applied = old.clone();
         apply(&mut applied, &Patch(ops.clone())).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -734,15 +864,15 @@ mod tests {
         let Value::Object(mut tree) = v.clone() else {
             unreachable!()
         };
-        let mut ops = Vec::new();
+        let mut ops = OpLog::default();
         diff_into(&mut tree, &v, &mut ops).expect("diffs");
-        assert!(ops.is_empty(), "{ops:?}");
+        assert!(ops.ops.is_empty(), "{ops:?}");
         assert_eq!(Value::Object(tree), v);
     }
 
     #[test]
     fn gives_up_on_what_the_slow_path_must_handle() {
-        let mut ops = Vec::new();
+        let mut ops = OpLog::default();
         // Integer map keys, which serde_json turns into strings its own way (a new member is
         // built by serde_json itself, so only a walk into an existing one meets the keys).
         let ints: HashMap<u32, u8> = [(1, 2)].into_iter().collect();

@@ -17,12 +17,16 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::delta::{DeltaKind, Patch, SharedDelta};
+use crate::digest::Digest;
 use crate::error::Result;
 use crate::key::{Key, SectionId};
-use crate::version::{Epoch, Stamp, Version};
+use crate::version::{CommitId, Epoch, Stamp, Version};
 
 pub use members::{Members, MembersError};
-pub use memory::{MemoryStore, MemoryStoreBuilder, DEFAULT_CHANNEL_CAPACITY, DEFAULT_LOG_CAPACITY};
+pub use memory::{
+    MemoryStore, MemoryStoreBuilder, DEFAULT_CHANNEL_CAPACITY, DEFAULT_FENCE_TTL,
+    DEFAULT_LOG_CAPACITY,
+};
 
 /// A whole document as stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,11 +37,26 @@ pub struct Snapshot {
     pub change_time: u64,
     /// The document's top-level members, as the JSON text the store holds.
     pub doc: Members,
+    /// The digest the writer of this version gave it (`None`: the writer gave none).
+    pub digest: Option<Digest>,
+}
+
+/// Where a key stands, as [`Store::heads`] reports it: its stamp and its version's digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Epoch and version.
+    pub stamp: Stamp,
+    /// The digest of that version (`None`: its writer gave none).
+    pub digest: Option<Digest>,
 }
 
 /// One atomic change to submit to [`Store::commit`].
 #[derive(Clone, Debug)]
 pub struct Commit {
+    /// Identifies this commit: the store keeps it with the delta, so [`Store::resolve`] can tell
+    /// whether the commit was applied. Use a fresh [`CommitId::random`] for every commit; a
+    /// commit that creates the key gives the new lifetime the epoch `Epoch::from(id)`.
+    pub id: CommitId,
     /// The document.
     pub key: Key,
     /// What the writer believes the store holds: `None` means "the key does not exist".
@@ -53,6 +72,8 @@ pub struct Commit {
     pub origin: String,
     /// When set, the key (document and log) expires this long after the commit.
     pub ttl: Option<Duration>,
+    /// The digest of the new document, kept with the version and carried in the delta.
+    pub digest: Option<Digest>,
 }
 
 impl Commit {
@@ -79,6 +100,27 @@ pub enum CommitOutcome {
     Conflict {
         /// What the store holds.
         actual: Option<Stamp>,
+    },
+}
+
+/// The result of [`Store::resolve`]: what became of a commit whose reply was lost.
+#[derive(Clone, Debug)]
+#[must_use]
+pub enum Resolution {
+    /// The commit is applied, exactly once: here is its delta (applied earlier, or by this
+    /// call because the store still held the expected stamp).
+    Committed(SharedDelta),
+    /// The commit was not applied and no copy of it can apply any more; the store holds
+    /// `actual`.
+    NotApplied {
+        /// What the store holds.
+        actual: Option<Stamp>,
+    },
+    /// The store no longer holds what would tell (the key's lifetime ended, or its log moved on
+    /// past the commit's version); no copy of the commit can apply any more.
+    Unknown {
+        /// What is missing.
+        reason: String,
     },
 }
 
@@ -132,13 +174,49 @@ pub type Subscription = BoxStream<'static, Result<SubscriptionEvent>>;
 ///   was trimmed past `v`.
 /// - A subscriber that cannot keep up is told ([`SubscriptionEvent::Lagged`]), never silently
 ///   starved.
+/// - A write whose reply may have been lost is [`Error::Indeterminate`](crate::Error); every
+///   other error from `commit`, `resolve` and `delete_with_id` means nothing was written.
+/// - Commits are idempotent by id: a commit that was already applied reports `Committed` with
+///   its logged delta instead of conflicting (a client library that re-sends a request after a
+///   dropped connection cannot apply it twice). [`Store::resolve`] finishes a commit whose
+///   outcome is unknown, and fences it: once it has answered, no copy of the commit still in
+///   flight can apply. A commit that names an expected stamp is fenced by that stamp, which
+///   never comes back; a create, whose expected state ("no key") does come back after a
+///   delete, is fenced by a record the store keeps for its fence lifetime.
+/// - `delete_with_id` is idempotent by id the same way: repeating it returns the first
+///   outcome and deletes nothing more.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Loads the whole document, or `None` if the key does not exist.
     async fn load(&self, key: &Key) -> Result<Option<Snapshot>>;
 
-    /// Atomically applies `commit` if the store holds `commit.expected`.
-    async fn commit(&self, commit: Commit) -> Result<CommitOutcome>;
+    /// Atomically applies `commit` if the store holds `commit.expected`. A commit with this id
+    /// that was applied already is reported as `Committed` with its logged delta.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Indeterminate`](crate::Error) when the request may have reached the store but
+    /// no reply came (a timeout, a connection lost after sending); any other error means the
+    /// commit was not applied.
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome>;
+
+    /// Finishes `commit`, whose [`commit`](Store::commit) ended in `Indeterminate`: applies it
+    /// now if the store still holds `commit.expected` and it was not applied, and says what
+    /// became of it. Safe to call again (for example after it too timed out). After it returns
+    /// `Ok`, no copy of the commit can apply any more (see the trait docs).
+    ///
+    /// The default says [`Resolution::Unknown`]: a store that cannot resolve commits leaves every
+    /// lost reply indeterminate.
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Store::commit).
+    async fn resolve(&self, commit: &Commit) -> Result<Resolution> {
+        let _ = commit;
+        Ok(Resolution::Unknown {
+            reason: "this store cannot resolve commits".into(),
+        })
+    }
 
     /// The logged deltas after version `after`.
     async fn changes_since(&self, key: &Key, after: Version) -> Result<Changes>;
@@ -146,8 +224,36 @@ pub trait Store: Send + Sync + 'static {
     /// The current stamps of many keys at once (`None`: missing), in the order asked.
     async fn stamps(&self, keys: &[Key]) -> Result<Vec<Option<Stamp>>>;
 
-    /// Deletes the document and its log and publishes a `delete` delta. Returns whether it existed.
-    async fn delete(&self, key: &Key, origin: &str) -> Result<bool>;
+    /// The current stamps and digests of many keys at once (`None`: missing), in the order
+    /// asked. The default reports the stamps with no digest.
+    async fn heads(&self, keys: &[Key]) -> Result<Vec<Option<Head>>> {
+        Ok(self
+            .stamps(keys)
+            .await?
+            .into_iter()
+            .map(|s| {
+                s.map(|stamp| Head {
+                    stamp,
+                    digest: None,
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes the document and its log and publishes a `delete` delta carrying `id`. Returns
+    /// whether it existed. Repeating the call with the same `id` returns the first call's answer
+    /// and deletes nothing (so a delete whose reply was lost is resolved by sending it again).
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Store::commit).
+    async fn delete_with_id(&self, key: &Key, origin: &str, id: CommitId) -> Result<bool>;
+
+    /// [`delete_with_id`](Store::delete_with_id) with a fresh id: a one-off delete whose lost
+    /// reply cannot be resolved later.
+    async fn delete(&self, key: &Key, origin: &str) -> Result<bool> {
+        self.delete_with_id(key, origin, CommitId::random()).await
+    }
 
     /// Sets the key to expire after `ttl`. Returns whether the key exists.
     async fn expire(&self, key: &Key, ttl: Duration) -> Result<bool>;

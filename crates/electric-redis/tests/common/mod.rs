@@ -75,12 +75,33 @@ pub struct PrivateRedis {
     extra: Vec<String>,
     /// Whether `port` is a TLS port (the plain port is then off).
     tls: bool,
+    /// With persistence: the directory of its append-only file (removed when dropped).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl PrivateRedis {
     /// Starts one, or `None` (skip, or fail when services are required) without `redis-server`.
     pub async fn start() -> Option<PrivateRedis> {
         Self::start_with(Vec::new(), false).await
+    }
+
+    /// Starts one that keeps its data across [`restart`](Self::restart): an append-only file
+    /// synced on every write, in a directory of its own.
+    pub async fn start_persistent() -> Option<PrivateRedis> {
+        let dir = std::env::temp_dir().join(electric_testkit::unique("electric-aof"));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            services::skip_or_fail("a temporary directory", &e.to_string());
+            return None;
+        }
+        // Later arguments override the defaults `spawn` gives first.
+        let extra = ["--appendonly", "yes", "--appendfsync", "always", "--dir"]
+            .into_iter()
+            .map(String::from)
+            .chain([dir.display().to_string()])
+            .collect();
+        let mut r = Self::start_with(extra, false).await?;
+        r.dir = Some(dir);
+        Some(r)
     }
 
     /// Starts one with extra `redis-server` arguments; with `tls`, its port is a TLS port (the
@@ -95,12 +116,29 @@ impl PrivateRedis {
             child: None,
             extra,
             tls,
+            dir: None,
         };
         if let Err(e) = r.spawn().await {
             services::skip_or_fail("redis-server binary", &e);
             return None;
         }
         Some(r)
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the server runs");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     /// The server's URL (`rediss://` for a TLS server).
@@ -138,7 +176,7 @@ impl PrivateRedis {
         Err("redis-server did not start listening".into())
     }
 
-    /// Stops the server (by PID).
+    /// Stops the server (by PID, `SIGKILL`: with persistence, only what was synced survives).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -146,7 +184,7 @@ impl PrivateRedis {
         }
     }
 
-    /// Starts it again on the same port (empty).
+    /// Starts it again on the same port: empty, or, when persistent, with what it had synced.
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn().await.expect("restart redis-server");
@@ -156,6 +194,9 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
