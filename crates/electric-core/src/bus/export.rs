@@ -378,6 +378,7 @@ impl RunState<'_> {
                 let doc = snap.doc.to_map().map_err(|e| BusError::Rejected {
                     reason: format!("{key} holds a member that is not JSON: {e}"),
                 })?;
+                let digest = crate::digest::Digest::of(&doc);
                 let delta = Delta {
                     key: key.clone(),
                     epoch: snap.stamp.epoch,
@@ -387,6 +388,10 @@ impl RunState<'_> {
                     origin: "electric-export".into(),
                     kind: DeltaKind::Snapshot,
                     ops: Delta::snapshot_ops(serde_json::Value::Object(doc)),
+                    // A snapshot the exporter built, not a commit: no commit id, and the digest
+                    // of what it carries so a consumer can check it.
+                    commit: None,
+                    digest: Some(digest),
                 };
                 self.stats.snapshots += 1;
                 self.publish(&delta).await
