@@ -216,16 +216,22 @@ impl PrivatePulsar {
         }
         self.child = Some(cmd.spawn().map_err(|e| format!("start java: {e}"))?);
         // Ready when the broker's health check (a produce and consume through the bookie)
-        // passes: the admin API answers earlier, before the bookie has registered.
-        let ready = format!("{}/admin/v2/brokers/health", self.admin_url());
+        // passes and `public/default` exists: the admin API answers before the bookie has
+        // registered, and the standalone creates the default namespace only after its health
+        // check passes (a producer created in between gets "Namespace not found").
+        let health = format!("{}/admin/v2/brokers/health", self.admin_url());
+        let namespaces = format!("{}/admin/v2/namespaces/public", self.admin_url());
+        let answers = |url: &str, wanted: &dyn Fn(&str) -> bool| {
+            Command::new("curl")
+                .args(["-sf", "-m", "20", url])
+                .output()
+                .is_ok_and(|o| o.status.success() && wanted(&String::from_utf8_lossy(&o.stdout)))
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
         loop {
-            let out = Command::new("curl")
-                .args(["-sf", "-m", "20", &ready])
-                .output();
-            if out.is_ok_and(|o| {
-                o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok"
-            }) {
+            if answers(&health, &|body| body.trim() == "ok")
+                && answers(&namespaces, &|body| body.contains("\"public/default\""))
+            {
                 return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
