@@ -9,6 +9,20 @@
 //! reply or a concatenation costs in proportion to its size: a 3.5 KB argument alone made an
 //! empty script cost 7.8 µs against 0.9 µs without it (`docs/tools/lua-arg-cost.sh`). The scripts therefore read nothing
 //! large on their common paths; see ARCHITECTURE.md, "The commit script's cost".
+//!
+//! **ACL checks.** Redis does not roll a script back when one of its commands is refused: with
+//! a permission revoked while the store runs (`ACL SETUSER … -publish`), the commit script
+//! would write the hash and the log and then fail on `PUBLISH`, an error for a commit that
+//! happened. So the commit and delete scripts begin with a self-contained block that asks
+//! Redis (`redis.acl_check_cmd`, Redis 7 and later; older servers skip it) whether the caller
+//! may run each command that can follow the script's first write on this path, with the keys
+//! and channel it will use, and otherwise replies `NOPERM … nothing was written`
+//! ([`Error::AccessDenied`](electric_core::Error::AccessDenied), naming the command and key).
+//! The first write itself is not checked (a refusal there changes nothing), nor are the reads
+//! before it. A check costs Redis about 0.5 µs; an update with a digest checks two commands
+//! (`HSET`, `PUBLISH`), a create nine, a delete four (BENCHMARKS.md, "Commit script ACL
+//! checks"). A permission revoked between the check and the command cannot happen: the script
+//! runs atomically.
 
 /// Prepends the helpers the scripts share to a script body (`concat!` needs literals, so they
 /// live here): validate the document's stamp fields, read the clock, and record a create or
@@ -61,6 +75,30 @@ end
 /// recorded as refused, so no copy of it applies later.
 pub(crate) const COMMIT: &str = concat_prelude!(
     r#"
+-- ACL, checked before anything is written (see "ACL checks" in scripts.rs): a permission
+-- revoked while the store runs refuses the whole commit instead of leaving it half applied.
+if redis.acl_check_cmd then
+  local doc, log, fence = KEYS[1], KEYS[2], KEYS[3]
+  local channel, ttl, creates = ARGV[6], tonumber(ARGV[5]) or 0, ARGV[1] == ''
+  local removes = ARGV[11] == '' or #ARGV > 14 + 2 * (tonumber(ARGV[14]) or 0)
+  local denied
+  local function need(cmd, key, ...)
+    if not denied and not redis.acl_check_cmd(cmd, key, ...) then denied = cmd .. ' ' .. key end
+  end
+  need('hset', doc, '__v', '1')
+  need('publish', channel, 'x')
+  if removes then need('hdel', doc, '__d') end
+  if ttl > 0 then need('pexpire', doc, '1') need('pexpire', log, '1') end
+  if creates then
+    need('del', log) need('xadd', log, '1-0', 'd', 'x')
+    need('zremrangebyscore', fence, '0', '1') need('zadd', fence, '1', 'x')
+    need('pexpire', fence, '1')
+  end
+  if denied then
+    return redis.error_reply('NOPERM the redis user may not run ' .. denied ..
+      ' (checked before writing; nothing was written)')
+  end
+end
 local v, e = stamp_fields(KEYS[1])
 if v == false then return redis.error_reply(e) end
 if not v and redis.call('EXISTS', KEYS[1]) == 1 then
@@ -192,6 +230,21 @@ return {1, epoch, vs, ms, repaired}
 /// returns its first answer (`1` for either of the last two) and deletes nothing.
 pub(crate) const DELETE: &str = concat_prelude!(
     r#"
+-- ACL, checked before anything is written (see "ACL checks" in scripts.rs).
+if redis.acl_check_cmd then
+  local fence = KEYS[3]
+  local denied
+  local function need(cmd, key, ...)
+    if not denied and not redis.acl_check_cmd(cmd, key, ...) then denied = cmd .. ' ' .. key end
+  end
+  need('publish', ARGV[1], 'x')
+  need('zremrangebyscore', fence, '0', '1') need('zadd', fence, '1', 'x')
+  need('pexpire', fence, '1')
+  if denied then
+    return redis.error_reply('NOPERM the redis user may not run ' .. denied ..
+      ' (checked before writing; nothing was deleted)')
+  end
+end
 local rec = redis.call('ZSCORE', KEYS[3], ARGV[4])
 if rec then
   if tonumber(rec) % 4 == 2 then return 1 end

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::PrivateRedis;
-use electric_core::store::{CommitOutcome, Store};
+use electric_core::store::{Commit, CommitOutcome, Store};
 use electric_core::{Error, Key};
 use electric_redis::{minimal_acl, RedisStore};
 use electric_testkit::conformance::{self, StoreUnderTest};
@@ -219,13 +219,163 @@ async fn every_command_of_the_minimal_acl_is_needed_and_its_absence_is_named() {
         .commit(&conformance::set(&key, None, "qty", json!(1)))
         .await
     {
-        // Redis does not say which of the script's commands it refused.
-        Err(Error::AccessDenied { reason }) => assert!(reason.contains("script"), "{reason}"),
+        // The script checks before writing and names the command it may not run.
+        Err(Error::AccessDenied { reason }) => assert!(reason.contains("xadd"), "{reason}"),
         other => panic!("expected AccessDenied, got {other:?}"),
     }
     // Nothing was written by the refused commit.
     set_user(&server, "electric", "pw", &rules).await;
     assert!(store.load(&key).await.expect("load").is_none());
+}
+
+/// What a refused write must leave: the document at `stamp` with `doc`, no expiry, `logged`
+/// deltas in its log, `absent` missing, and no delta published.
+async fn unchanged(
+    store: &RedisStore,
+    key: &Key,
+    stamp: electric_core::Stamp,
+    doc: &serde_json::Value,
+    logged: usize,
+    absent: &Key,
+    deltas: &mut electric_core::store::Subscription,
+    what: &str,
+) {
+    let snap = store.load(key).await.expect("load").expect("present");
+    assert_eq!(snap.stamp, stamp, "{what}: the version moved");
+    assert_eq!(&conformance::doc_value(&snap), doc, "{what}: the content moved");
+    assert_eq!(store.ttl(key).await.expect("ttl"), None, "{what}: an expiry was set");
+    match store.changes_since(key, 0).await.expect("changes") {
+        electric_core::store::Changes::Deltas { deltas, .. } => {
+            assert_eq!(deltas.len(), logged, "{what}: the log moved")
+        }
+        other => panic!("{what}: {other:?}"),
+    }
+    assert!(
+        store.load(absent).await.expect("load").is_none(),
+        "{what}: a refused create left a document"
+    );
+    use futures_util::StreamExt;
+    if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(150), deltas.next()).await
+    {
+        panic!("{what}: a refused write published {event:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permission_revoked_at_runtime_refuses_a_write_whole() {
+    use futures_util::StreamExt;
+    let Some(server) = server_with_password().await else {
+        return;
+    };
+    let ns = electric_testkit::unique("revoke");
+    let rules = minimal_acl(&ns, false);
+    set_user(&server, "electric", "pw", &rules).await;
+    let url = format!("redis://electric:pw@127.0.0.1:{}", server.port);
+    let store = builder(&url, &ns).connect().await.expect("full rules");
+    let section = electric_core::SectionId::new("acc", "revoke").expect("section");
+    let key = section.key("doc").expect("key");
+    let fresh = section.key("fresh").expect("key");
+    let mut deltas = store.subscribe(&section).await.expect("subscribe");
+    let mut create = conformance::set(&key, None, "qty", json!(1));
+    create.fields.push(Commit::member("note", &json!("x")).expect("member"));
+    let first = conformance::committed(&store, create).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), deltas.next()).await;
+    assert!(matches!(got, Ok(Some(Ok(_)))), "the create's delta: {got:?}");
+    let stamp = first.stamp();
+    let doc = json!({"qty": 1, "note": "x"});
+
+    // An update that runs every command of the update path: members set and removed, an
+    // expiry, no digest (so `__d` is removed).
+    let update = || {
+        let mut c = conformance::set(&key, Some(stamp), "qty", json!(2));
+        c.fields.push(("note".into(), None));
+        c.ttl = Some(Duration::from_secs(600));
+        c
+    };
+    let denied = |result: Result<CommitOutcome, Error>, cmd: &str, what: &str| match result {
+        Err(e @ Error::AccessDenied { .. }) => {
+            assert!(!e.is_retryable(), "{what}: {e} must not be retryable");
+            e.to_string()
+        }
+        other => panic!("{what} without {cmd}: expected AccessDenied, got {other:?}"),
+    };
+    // Each command that can run after a script's first write, taken away while the store is
+    // connected: the script checks before writing, so the whole write is refused and names
+    // the command. (Before the check, `-publish` left the hash and log written and the delta
+    // unpublished, reported as an error.) XADD is an update's first write and DEL a delete's:
+    // Redis's own refusal of them changes nothing either.
+    for cmd in ["hset", "hdel", "publish", "pexpire", "xadd", "del", "zadd", "zremrangebyscore"] {
+        set_user(&server, "electric", "pw", &format!("{rules} -{cmd}")).await;
+        if matches!(cmd, "hset" | "hdel" | "publish" | "pexpire" | "xadd") {
+            let what = format!("update without {cmd}");
+            let reason = denied(store.commit(&update()).await, cmd, &what);
+            if cmd != "xadd" {
+                assert!(
+                    reason.contains(cmd) && reason.contains("nothing was written"),
+                    "{what}: {reason}"
+                );
+            }
+            unchanged(&store, &key, stamp, &doc, 1, &fresh, &mut deltas, &what).await;
+        }
+        let what = format!("create without {cmd}");
+        let reason = denied(
+            store
+                .commit(&conformance::set(&fresh, None, "qty", json!(1)))
+                .await,
+            cmd,
+            &what,
+        );
+        assert!(
+            reason.contains(cmd) && reason.contains("nothing was written"),
+            "{what}: {reason}"
+        );
+        unchanged(&store, &key, stamp, &doc, 1, &fresh, &mut deltas, &what).await;
+        if matches!(cmd, "publish" | "del" | "zadd" | "zremrangebyscore" | "pexpire") {
+            let what = format!("delete without {cmd}");
+            match store.delete(&key, "revoke").await {
+                Err(e @ Error::AccessDenied { .. }) => {
+                    let reason = e.to_string();
+                    if cmd != "del" {
+                        assert!(
+                            reason.contains(cmd) && reason.contains("nothing was deleted"),
+                            "{what}: {reason}"
+                        );
+                    }
+                }
+                other => panic!("{what}: expected AccessDenied, got {other:?}"),
+            }
+            unchanged(&store, &key, stamp, &doc, 1, &fresh, &mut deltas, &what).await;
+        }
+    }
+
+    // Permissions back: the same update applies once, and is published.
+    set_user(&server, "electric", "pw", &rules).await;
+    let applied = conformance::committed(&store, update()).await;
+    assert_eq!(applied.version, stamp.version + 1);
+    let got = tokio::time::timeout(Duration::from_secs(5), deltas.next()).await;
+    match got {
+        Ok(Some(Ok(electric_core::store::SubscriptionEvent::Delta(d)))) => {
+            assert_eq!(d.version, stamp.version + 1)
+        }
+        other => panic!("the update's delta: {other:?}"),
+    }
+    let snap = store.load(&key).await.expect("load").expect("present");
+    assert_eq!(conformance::doc_value(&snap), json!({"qty": 2}));
+
+    // The delta channel taken away (not the command): refused the same way, naming PUBLISH.
+    drop(deltas);
+    set_user(&server, "electric", "pw", &format!("{rules} resetchannels")).await;
+    let now = snap.stamp;
+    let reason = denied(
+        store
+            .commit(&conformance::set(&key, Some(now), "qty", json!(3)))
+            .await,
+        "channel",
+        "update without the channel",
+    );
+    assert!(reason.contains("publish"), "{reason}");
+    let snap = store.load(&key).await.expect("load").expect("present");
+    assert_eq!(snap.stamp, now, "the refused update moved the version");
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate it issued, as PEM files in
