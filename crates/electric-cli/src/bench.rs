@@ -4,12 +4,14 @@
 //! |---|---|
 //! | `commit_script_raw` | the commit script called by SHA with pre-built arguments (the limit) |
 //! | `update` | `DataManager::update` (closure, diff, commit) on a warm cache, distinct keys |
+//! | `update_no_digest` | the same with `ManagerConfig::digests` off (the digest's cost) |
 //! | `load_raw` | `HGETALL` of a document hash |
 //! | `load_decode` | `Store::load` plus deserializing the order book: a cold `get` without the manager |
 //! | `load` | a cold `DataManager::get` (load, parse, deserialize, cache) |
 //! | `delivery` | from the start of an update on manager A to the change applied on manager B, at a paced rate |
 //! | `delivery_update` | the writers' `update` latency during `delivery` (commit acknowledged) |
 //! | `delivery_max` | pre-built deltas published as fast as possible; rate at which one replica applies them |
+//! | `delivery_max_no_digest` | the same deltas without digests, to a replica with digests off |
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use clap::Args;
-use electric::manager::{ChangeCause, DataManager};
+use electric::manager::{ChangeCause, DataManager, ManagerConfig};
 use electric::patch;
 use electric::redis::redis::cmd as rcmd;
 use electric::redis::redis::io::tcp::TcpSettings;
@@ -45,6 +47,8 @@ const MEASUREMENTS: &str = "\
 Measurements (in the order they run; --only takes their names):
   commit_script_raw  the commit script called by SHA with pre-built arguments (the limit)
   update             DataManager::update (closure, diff, commit) on a warm cache, distinct keys
+  update_no_digest   the same with ManagerConfig::digests off, interleaved with update (the
+                     content digest's cost: update_vs_no_digest)
   load_raw           HGETALL of a document hash
   load_decode        Store::load plus deserializing the order book (a cold get without the manager)
   load               a cold DataManager::get (load, parse, deserialize, cache)
@@ -52,6 +56,8 @@ Measurements (in the order they run; --only takes their names):
                      at a paced rate (also reports delivery_update, the writers' update latency)
   delivery_max       pre-built deltas published as fast as possible; the rate one replica applies them
   delivery_max_raw   the same deltas to a subscriber that only receives and decodes them
+  delivery_max_no_digest  the same deltas without digests, to a replica with digests off, in
+                     the same rounds (the digest's cost: delivery_max_vs_no_digest)
 With --compare nats-kv, in the same rounds against a NATS KV bucket holding the same documents:
   nats_kv_update     read-modify-write of a locally kept document: the same mutation, the whole
                      value serialized and stored with kv.update(key, value, revision)
@@ -62,6 +68,7 @@ With --compare nats-kv, in the same rounds against a NATS KV bucket holding the 
   counting proxy; single node only).
 Ratios: update_vs_raw (update / commit_script_raw), load_vs_raw (load / load_raw),
 load_vs_decode (load / load_decode), delivery_max_vs_raw (delivery_max / delivery_max_raw),
+update_vs_no_digest, delivery_max_vs_no_digest (with digests / without; goal >= 0.95),
 update_vs_nats_kv, load_vs_nats_kv, delivery_max_vs_nats_kv (higher is better), each reported
 when both of its measurements ran.";
 
@@ -136,14 +143,16 @@ fn digest_of(book: &OrderBook) -> anyhow::Result<Digest> {
 }
 
 /// Every measurement, in the order they run.
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 9] = [
     "commit_script_raw",
     "update",
+    "update_no_digest",
     "load_raw",
     "load_decode",
     "load",
     "delivery",
     "delivery_max",
+    "delivery_max_no_digest",
 ];
 
 impl BenchArgs {
@@ -503,6 +512,29 @@ async fn measure(
             }
         }),
     ));
+    // update_no_digest: the same on documents of their own, by a writer with digests off.
+    if args.wants("update_no_digest") {
+        let nd = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "books")
+            .origin("bench-writer-nd")
+            .config(no_digests())
+            .build()?;
+        for i in 0..c {
+            let _ = nd.update(&book_id("und-", i), |b| b.seq += 1).await?;
+        }
+        ops.push((
+            "update_no_digest",
+            op(move |client, i| {
+                let nd = nd.clone();
+                async move {
+                    let mut rng = SmallRng::seed_from_u64(i ^ client as u64);
+                    let _ = nd
+                        .update(&book_id("und-", client), |b| b.mutate(&mut rng))
+                        .await?;
+                    Ok(())
+                }
+            }),
+        ));
+    }
     // nats_kv_update: the same documents in the NATS KV bucket, each kept by its client with its
     // revision (a warm cache), changed by the same mutation and stored whole.
     let mut nats_keys = Vec::new();
@@ -612,6 +644,7 @@ async fn measure(
             group(ops),
             &[
                 ("update_vs_raw", "update", "commit_script_raw"),
+                ("update_vs_no_digest", "update", "update_no_digest"),
                 ("update_vs_nats_kv", "update", "nats_kv_update"),
             ][..],
         ),
@@ -647,10 +680,15 @@ async fn measure(
         measurements.insert("delivery", delivered);
         measurements.insert("delivery_update", updated);
     }
-    if args.wants("delivery_max") {
+    if args.wants("delivery_max") || args.wants("delivery_max_no_digest") {
         let runs = delivery_max(args, store, &dyn_store, nats).await?;
         for (ratio, of, to) in [
             ("delivery_max_vs_raw", "delivery_max", "delivery_max_raw"),
+            (
+                "delivery_max_vs_no_digest",
+                "delivery_max",
+                "delivery_max_no_digest",
+            ),
             (
                 "delivery_max_vs_nats_kv",
                 "delivery_max",
@@ -698,6 +736,14 @@ async fn measure(
         ratio_spread,
         bytes_per_update,
     })
+}
+
+/// The manager configuration of the `*_no_digest` measurements: digests off, the rest default.
+fn no_digests() -> ManagerConfig {
+    ManagerConfig {
+        digests: false,
+        ..ManagerConfig::default()
+    }
 }
 
 /// Updates per system in the bytes measurement.
@@ -1016,29 +1062,69 @@ async fn delivery_max(
     let b = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "fanout")
         .origin("bench-b")
         .build()?;
+    // For delivery_max_no_digest: the same documents in a section of their own, written and
+    // replicated by managers with digests off.
+    let with_digest = args.wants("delivery_max");
+    let without = args.wants("delivery_max_no_digest");
+    let a_nd = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "fanout-nd")
+        .origin("bench-a-nd")
+        .config(no_digests())
+        .build()?;
+    let c = DataManager::<OrderBook>::builder(dyn_store.clone(), "bench", "fanout-nd")
+        .origin("bench-c")
+        .config(no_digests())
+        .build()?;
     let mut books = Vec::new();
+    let mut nd_stamps = Vec::new();
     for i in 0..docs {
         let id = book_id("f-", i);
         let _ = a.update(&id, |x| x.seq += 1).await?;
         let d = b.get(&id).await?.context("document exists")?;
         books.push((
-            id,
+            id.clone(),
             b.key(&book_id("f-", i))?,
             d.stamp().context("stamped")?,
             d.value().clone(),
         ));
+        if without {
+            let _ = a_nd.update(&id, |x| x.seq += 1).await?;
+            let d = c.get(&id).await?.context("document exists")?;
+            nd_stamps.push((c.key(&id)?, d.stamp().context("stamped")?));
+        }
     }
     // Build the messages: round-robin over the documents, each a 5-leaf mutate of the
     // previous; for Electric the delta, for NATS KV the new value under the document's key.
     let per_doc = args.deltas.div_ceil(docs);
     let mut rng = SmallRng::seed_from_u64(99);
     let mut deltas = Vec::with_capacity(per_doc * docs);
+    let mut deltas_nd = Vec::new();
     let mut values = Vec::new();
     for _ in 0..per_doc {
-        for (id, key, stamp, book) in books.iter_mut() {
+        for (n, (id, key, stamp, book)) in books.iter_mut().enumerate() {
             let old = serde_json::to_value(&*book)?;
             book.mutate(&mut rng);
             let new = serde_json::to_value(&*book)?;
+            let ops = patch::diff(&old, &new);
+            if let Some((key, stamp)) = nd_stamps.get_mut(n) {
+                // What a writer with digests off sends: no digest.
+                let delta = Delta {
+                    key: key.clone(),
+                    epoch: stamp.epoch,
+                    base: stamp.version,
+                    version: stamp.version + 1,
+                    change_time: 0,
+                    origin: "bench-prebuilt".into(),
+                    kind: DeltaKind::Patch,
+                    ops: ops.clone(),
+                    commit: Some(CommitId::random()),
+                    digest: None,
+                };
+                stamp.version += 1;
+                deltas_nd.push(delta.encode());
+            }
+            if !with_digest {
+                continue;
+            }
             let delta = Delta {
                 key: key.clone(),
                 epoch: stamp.epoch,
@@ -1047,7 +1133,7 @@ async fn delivery_max(
                 change_time: 0,
                 origin: "bench-prebuilt".into(),
                 kind: DeltaKind::Patch,
-                ops: patch::diff(&old, &new),
+                ops,
                 commit: Some(CommitId::random()),
                 // As a writer gives it, so the replica checks what it applies.
                 digest: Some(digest_of(&*book)?),
@@ -1065,6 +1151,15 @@ async fn delivery_max(
     let token = CancellationToken::new();
     let sync = SyncService::builder()
         .manager(&b)
+        .config(SyncConfig {
+            anti_entropy_interval: Duration::from_secs(3600),
+            queue_capacity: 8192,
+            ..SyncConfig::default()
+        })
+        .build()?
+        .spawn(token.clone());
+    let sync_nd = SyncService::builder()
+        .manager(&c)
         .config(SyncConfig {
             anti_entropy_interval: Duration::from_secs(3600),
             queue_capacity: 8192,
@@ -1130,15 +1225,26 @@ async fn delivery_max(
     let channel = store
         .layout()
         .channel(&electric::SectionId::new("bench", "fanout")?);
+    let channel_nd = store
+        .layout()
+        .channel(&electric::SectionId::new("bench", "fanout-nd")?);
     let applied_before = b.stats().applied;
-    let mut names = vec!["delivery_max", "delivery_max_raw"];
-    if nats.is_some() {
-        names.push("nats_kv_delivery_max");
+    let applied_before_nd = c.stats().applied;
+    let mut names = Vec::new();
+    if with_digest {
+        names.extend(["delivery_max", "delivery_max_raw"]);
+        if nats.is_some() {
+            names.push("nats_kv_delivery_max");
+        }
+    }
+    if without {
+        names.push("delivery_max_no_digest");
     }
     let mut runs: Vec<Vec<Run>> = names.iter().map(|_| Vec::new()).collect();
-    let slice = deltas.len().div_ceil(args.rounds);
+    let total = deltas.len().max(deltas_nd.len());
+    let slice = total.div_ceil(args.rounds);
     for round in 0..args.rounds {
-        let range = (round * slice).min(deltas.len())..((round + 1) * slice).min(deltas.len());
+        let range = (round * slice).min(total)..((round + 1) * slice).min(total);
         let mut order: Vec<usize> = (0..names.len()).collect();
         if round % 2 == 1 {
             order.reverse();
@@ -1149,6 +1255,12 @@ async fn delivery_max(
                     let b = b.clone();
                     let received = move || b.stats().applied - applied_before;
                     redis_slice(&publisher, &channel, &deltas[range.clone()], received).await?
+                }
+                "delivery_max_no_digest" => {
+                    let c = c.clone();
+                    let received = move || c.stats().applied - applied_before_nd;
+                    redis_slice(&publisher, &channel_nd, &deltas_nd[range.clone()], received)
+                        .await?
                 }
                 "delivery_max_raw" => {
                     let count = raw_count.clone();
@@ -1167,6 +1279,7 @@ async fn delivery_max(
     }
     token.cancel();
     sync.join().await;
+    sync_nd.join().await;
     raw_task.abort();
     if let Some(t) = nats_task {
         t.abort();
