@@ -77,22 +77,23 @@ pub(crate) const COMMIT: &str = concat_prelude!(
     r#"
 -- ACL, checked before anything is written (see "ACL checks" in scripts.rs): a permission
 -- revoked while the store runs refuses the whole commit instead of leaving it half applied.
-if redis.acl_check_cmd then
-  local doc, log, fence = KEYS[1], KEYS[2], KEYS[3]
-  local channel, ttl, creates = ARGV[6], tonumber(ARGV[5]) or 0, ARGV[1] == ''
-  local removes = ARGV[11] == '' or #ARGV > 14 + 2 * (tonumber(ARGV[14]) or 0)
+local acl = redis.acl_check_cmd
+if acl then
+  local doc, log, fence, channel = KEYS[1], KEYS[2], KEYS[3], ARGV[6]
+  local ttl, creates = ARGV[5] ~= '0', ARGV[1] == ''
   local denied
-  local function need(cmd, key, ...)
-    if not denied and not redis.acl_check_cmd(cmd, key, ...) then denied = cmd .. ' ' .. key end
-  end
-  need('hset', doc, '__v', '1')
-  need('publish', channel, 'x')
-  if removes then need('hdel', doc, '__d') end
-  if ttl > 0 then need('pexpire', doc, '1') need('pexpire', log, '1') end
-  if creates then
-    need('del', log) need('xadd', log, '1-0', 'd', 'x')
-    need('zremrangebyscore', fence, '0', '1') need('zadd', fence, '1', 'x')
-    need('pexpire', fence, '1')
+  if not acl('hset', doc, '__v', '1') then denied = 'hset ' .. doc
+  elseif not acl('publish', channel, 'x') then denied = 'publish ' .. channel
+  elseif (ARGV[11] == '' or #ARGV > 14 + 2 * tonumber(ARGV[14])) and not acl('hdel', doc, '__d')
+    then denied = 'hdel ' .. doc
+  elseif ttl and not acl('pexpire', doc, '1') then denied = 'pexpire ' .. doc
+  elseif ttl and not acl('pexpire', log, '1') then denied = 'pexpire ' .. log
+  elseif creates and not acl('del', log) then denied = 'del ' .. log
+  elseif creates and not acl('xadd', log, '1-0', 'd', 'x') then denied = 'xadd ' .. log
+  elseif creates and not acl('zremrangebyscore', fence, '0', '1') then
+    denied = 'zremrangebyscore ' .. fence
+  elseif creates and not acl('zadd', fence, '1', 'x') then denied = 'zadd ' .. fence
+  elseif creates and not acl('pexpire', fence, '1') then denied = 'pexpire ' .. fence
   end
   if denied then
     return redis.error_reply('NOPERM the redis user may not run ' .. denied ..
@@ -231,15 +232,14 @@ return {1, epoch, vs, ms, repaired}
 pub(crate) const DELETE: &str = concat_prelude!(
     r#"
 -- ACL, checked before anything is written (see "ACL checks" in scripts.rs).
-if redis.acl_check_cmd then
-  local fence = KEYS[3]
-  local denied
-  local function need(cmd, key, ...)
-    if not denied and not redis.acl_check_cmd(cmd, key, ...) then denied = cmd .. ' ' .. key end
+local acl = redis.acl_check_cmd
+if acl then
+  local fence, denied = KEYS[3], nil
+  if not acl('publish', ARGV[1], 'x') then denied = 'publish ' .. ARGV[1]
+  elseif not acl('zremrangebyscore', fence, '0', '1') then denied = 'zremrangebyscore ' .. fence
+  elseif not acl('zadd', fence, '1', 'x') then denied = 'zadd ' .. fence
+  elseif not acl('pexpire', fence, '1') then denied = 'pexpire ' .. fence
   end
-  need('publish', ARGV[1], 'x')
-  need('zremrangebyscore', fence, '0', '1') need('zadd', fence, '1', 'x')
-  need('pexpire', fence, '1')
   if denied then
     return redis.error_reply('NOPERM the redis user may not run ' .. denied ..
       ' (checked before writing; nothing was deleted)')
