@@ -91,6 +91,26 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn bench_only_refuses_an_unknown_name_and_lists_the_valid_ones() {
+        let err = Cli::try_parse_from(["electric", "bench", "--redis", "x", "--only", "nope"])
+            .err()
+            .expect("an unknown measurement is refused")
+            .to_string();
+        for name in ["update", "update_no_digest", "delivery_max_no_digest", "load_decode"] {
+            assert!(err.contains(name), "{name} missing from\n{err}");
+        }
+        let ok = Cli::try_parse_from([
+            "electric",
+            "bench",
+            "--redis",
+            "x",
+            "--only",
+            "update,update_no_digest",
+        ]);
+        assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+
+    #[test]
     fn the_top_level_help_describes_the_tool_and_lists_every_command() {
         let mut cli = Cli::command();
         let help = cli.render_help().to_string();
