@@ -784,7 +784,7 @@ impl BenchCtx {
 
     /// `e2e` through async-nats directly (NATS only): the same pacing, payload, header and pull
     /// consumer settings, so `e2e` can be read against what the broker and host give.
-    async fn e2e_raw(&self, round: u32) -> anyhow::Result<Option<Samples>> {
+    async fn e2e_raw(&self, round: usize) -> anyhow::Result<Option<Samples>> {
         use electric::nats::async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
         use electric::nats::async_nats::jetstream::message::PublishMessage;
         let Backend::Nats(n) = &self.backend else {
@@ -839,7 +839,7 @@ impl BenchCtx {
                 }
                 let ack = js.send_publish(subject.clone(), m).await?;
                 // Like the producer's own tasks: the receipt is awaited beside the pacing.
-                tokio::spawn(ack);
+                tokio::spawn(async move { drop(ack.await) });
             }
             anyhow::Ok(())
         });
