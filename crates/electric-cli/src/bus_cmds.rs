@@ -12,9 +12,11 @@
 //! | `consume` | one delivery taken from a `Subscription` and acked (the latency is the time between deliveries) |
 //! | `consume_raw` | the same through the client crate directly (async-nats pull `messages()` + ack; a pulsar consumer + ack; the memory bus's raw subscription) |
 //! | `e2e` | from `send` on the producer to the delivery on a consumer, publishing at `--rate` |
+//! | `e2e_raw` | (NATS) the same through async-nats directly: paced `send_publish`, pull `messages()`, decode, ack; `e2e_p99_vs_raw` is `e2e`'s p99 over this one's (lower is better) |
 //!
 //! `publish` and `publish_raw` run interleaved in `--rounds` rounds, and so do `consume` and
-//! `consume_raw`, so both sides of a ratio see the same machine.
+//! `consume_raw` (and, on NATS, `e2e` and `e2e_raw`), so both sides of a ratio see the same
+//! machine.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, IsTerminal, Write};
@@ -780,9 +782,102 @@ impl BenchCtx {
         Ok(samples)
     }
 
+    /// `e2e` through async-nats directly (NATS only): the same pacing, payload, header and pull
+    /// consumer settings, so `e2e` can be read against what the broker and host give.
+    async fn e2e_raw(&self, round: usize) -> anyhow::Result<Option<Samples>> {
+        use electric::nats::async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+        use electric::nats::async_nats::jetstream::message::PublishMessage;
+        let Backend::Nats(n) = &self.backend else {
+            return Ok(None);
+        };
+        let topic = self.topic("e2e-raw");
+        // The stream the bus would use, created through the bus so its settings match.
+        let _ = self
+            .bus
+            .producer(&topic, ProducerOptions::default())
+            .await?;
+        let _ = self.bus.dispose_topic(&topic).await;
+        let js = n.jetstream().clone();
+        let subject = n.stream_name(&topic);
+        let stream = js.get_stream(&subject).await?;
+        let name = format!("e2e-raw-{round}");
+        let consumer = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::New,
+                    max_ack_pending: self.args.prefetch as i64,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(self.args.prefetch)
+            .messages()
+            .await?;
+        let encoded = Bytes::from(self.codec.encode(&self.payload)?);
+        let codec = self.codec;
+        let base = Instant::now();
+        let rate = self.args.rate.max(1);
+        let total = (rate as f64 * self.args.e2e_seconds) as u64;
+        let publisher = tokio::spawn(async move {
+            let started = Instant::now();
+            for i in 0..total {
+                let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    tokio::time::sleep(wait).await;
+                }
+                let mut m = PublishMessage::build()
+                    .payload(encoded.clone())
+                    .message_id(format!("{:032x}", rand::random::<u128>()))
+                    .header("x-sent-ns", base.elapsed().as_nanos().to_string().as_str());
+                if codec != Codec::None {
+                    m = m.header("content-encoding", codec.name());
+                }
+                let ack = js.send_publish(subject.clone(), m).await?;
+                // Like the producer's own tasks: the receipt is awaited beside the pacing.
+                tokio::spawn(async move { drop(ack.await) });
+            }
+            anyhow::Ok(())
+        });
+        let mut samples = Samples::default();
+        let started = Instant::now();
+        while samples.ops < total {
+            let m = match tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => bail!("e2e_raw: {e}"),
+                Ok(None) => break,
+                Err(_) => bail!(
+                    "e2e_raw: no message for 30 s after {} of {total}",
+                    samples.ops
+                ),
+            };
+            let now = base.elapsed().as_nanos();
+            if let Some(sent) = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("x-sent-ns"))
+                .and_then(|v| v.as_str().parse::<u128>().ok())
+            {
+                samples.lat_us.push(now.saturating_sub(sent) as f64 / 1e3);
+            }
+            // What a consumer of the bus gets: the payload decoded.
+            std::hint::black_box(codec.decode(&m.payload, 1 << 26)?);
+            samples.ops += 1;
+            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        samples.elapsed = started.elapsed();
+        publisher.await??;
+        let _ = n.delete_topic(&topic).await;
+        Ok(Some(samples))
+    }
+
     async fn cleanup(&self) {
         if let Backend::Nats(n) = &self.backend {
-            for t in ["pub", "raw", "e2e"] {
+            for t in ["pub", "raw", "e2e", "e2e-raw"] {
                 if let Err(e) = n.delete_topic(&self.topic(t)).await {
                     eprintln!(
                         "warning: could not delete the bench stream {}: {e}",
@@ -923,8 +1018,31 @@ async fn run_bench(ctx: &BenchCtx) -> anyhow::Result<(Report, Vec<CodecRow>)> {
             consume.absorb(ours(ctx.consume_ours(&pub_topic, &name, per_round).await?));
         }
     }
-    progress(&format!("e2e at {}/s for {} s", a.rate, a.e2e_seconds));
-    let e2e = ctx.e2e().await?;
+    // On NATS, e2e alternates with e2e_raw in rounds; its p99 is read against the raw one.
+    let e2e_rounds = if matches!(ctx.backend, Backend::Nats(_)) {
+        a.rounds.max(1)
+    } else {
+        1
+    };
+    let (mut e2e, mut e2e_raw) = (Samples::default(), None::<Samples>);
+    for round in 0..e2e_rounds {
+        progress(&format!(
+            "e2e at {}/s for {} s, round {}/{e2e_rounds}",
+            a.rate,
+            a.e2e_seconds,
+            round + 1
+        ));
+        e2e.absorb(ctx.e2e().await?);
+        if let Backend::Nats(n) = &ctx.backend {
+            // A fresh stream and consumer per round: a closed pull consumer leaves what the
+            // server had sent it to the ack timeout.
+            let _ = ctx.bus.dispose_topic(&ctx.topic("e2e")).await;
+            let _ = n.delete_topic(&ctx.topic("e2e")).await;
+        }
+        if let Some(raw) = ctx.e2e_raw(round).await? {
+            e2e_raw.get_or_insert_with(Samples::default).absorb(raw);
+        }
+    }
     if tty {
         progress("codec table");
     }
@@ -935,10 +1053,17 @@ async fn run_bench(ctx: &BenchCtx) -> anyhow::Result<(Report, Vec<CodecRow>)> {
     measurements.insert("consume", consume.measurement());
     measurements.insert("consume_raw", consume_raw.measurement());
     measurements.insert("e2e", e2e.measurement());
+    if let Some(raw) = e2e_raw {
+        measurements.insert("e2e_raw", raw.measurement());
+    }
     let ratio = |a: &str, b: &str| measurements[a].ops_per_sec / measurements[b].ops_per_sec;
     let mut ratios = BTreeMap::new();
     ratios.insert("publish_vs_raw", ratio("publish", "publish_raw"));
     ratios.insert("consume_vs_raw", ratio("consume", "consume_raw"));
+    if let Some(raw) = measurements.get("e2e_raw") {
+        // Latency: lower is better, so 1.0 means the bus adds nothing to the raw p99.
+        ratios.insert("e2e_p99_vs_raw", measurements["e2e"].p99_us / raw.p99_us);
+    }
     Ok((
         Report {
             measurements,

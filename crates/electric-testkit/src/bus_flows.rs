@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use electric_core::bus::export::{DeltaExporter, ExporterConfig, MemoryCheckpoint};
 use electric_core::bus::{
-    Acker, BusClient, InitialPosition, OutMessage, ProducerOptions, SubscribeOptions,
+    Acker, BusClient, BusError, InitialPosition, OutMessage, ProducerOptions, SubscribeOptions,
 };
 use electric_core::pipeline::Pipeline;
 use electric_core::{DataManager, Delta, Document, Key, MemoryStore, Store};
@@ -288,7 +288,19 @@ pub async fn run_position_consumer(
         })
         .unwrap()
     };
-    let mut sub = bus.subscribe(options).await.unwrap();
+    // A restarted process may find its exclusive subscription still held by the consumer of
+    // the process that died, until the broker notices that one is gone (Pulsar answers
+    // `ConsumerBusy`): it retries, as a real one would, for up to a minute.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut sub = loop {
+        match bus.subscribe(options.clone()).await {
+            Ok(sub) => break sub,
+            Err(BusError::SubscriptionBusy { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("subscribe {}: {e}", options.subscription),
+        }
+    };
     loop {
         let next = tokio::select! {
             () = cancel.cancelled() => break,
