@@ -96,7 +96,12 @@ mod tests {
             .err()
             .expect("an unknown measurement is refused")
             .to_string();
-        for name in ["update", "update_no_digest", "delivery_max_no_digest", "load_decode"] {
+        for name in [
+            "update",
+            "update_no_digest",
+            "delivery_max_no_digest",
+            "load_decode",
+        ] {
             assert!(err.contains(name), "{name} missing from\n{err}");
         }
         let ok = Cli::try_parse_from([

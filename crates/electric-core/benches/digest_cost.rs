@@ -112,7 +112,8 @@ fn main() {
     let mut update_slice = |m: &DataManager<OrderBook>, ids: &[String]| {
         let start = Instant::now();
         for i in 0..UPDATES_PER_SLICE {
-            let _ = common::run(&rt, m.update(&ids[i % ids.len()], |b| b.mutate(&mut rng))).unwrap();
+            let _ =
+                common::run(&rt, m.update(&ids[i % ids.len()], |b| b.mutate(&mut rng))).unwrap();
         }
         start.elapsed()
     };
@@ -199,7 +200,9 @@ fn main() {
             apply.on.push(apply_slice(&on_r, &deltas[range.clone()]));
             apply.off.push(apply_slice(&off_r, &undigested[range]));
         } else {
-            apply.off.push(apply_slice(&off_r, &undigested[range.clone()]));
+            apply
+                .off
+                .push(apply_slice(&off_r, &undigested[range.clone()]));
             apply.on.push(apply_slice(&on_r, &deltas[range]));
         }
     }

@@ -229,34 +229,50 @@ async fn every_command_of_the_minimal_acl_is_needed_and_its_absence_is_named() {
 }
 
 /// What a refused write must leave: the document at `stamp` with `doc`, no expiry, `logged`
-/// deltas in its log, `absent` missing, and no delta published.
+/// deltas in its log, `absent` missing.
+struct Untouched<'a> {
+    key: &'a Key,
+    stamp: electric_core::Stamp,
+    doc: &'a serde_json::Value,
+    logged: usize,
+    absent: &'a Key,
+}
+
+/// Asserts the store holds what `expect` says, and that no delta was published.
 async fn unchanged(
     store: &RedisStore,
-    key: &Key,
-    stamp: electric_core::Stamp,
-    doc: &serde_json::Value,
-    logged: usize,
-    absent: &Key,
+    expect: &Untouched<'_>,
     deltas: &mut electric_core::store::Subscription,
     what: &str,
 ) {
-    let snap = store.load(key).await.expect("load").expect("present");
-    assert_eq!(snap.stamp, stamp, "{what}: the version moved");
-    assert_eq!(&conformance::doc_value(&snap), doc, "{what}: the content moved");
-    assert_eq!(store.ttl(key).await.expect("ttl"), None, "{what}: an expiry was set");
-    match store.changes_since(key, 0).await.expect("changes") {
+    let snap = store
+        .load(expect.key)
+        .await
+        .expect("load")
+        .expect("present");
+    assert_eq!(snap.stamp, expect.stamp, "{what}: the version moved");
+    assert_eq!(
+        &conformance::doc_value(&snap),
+        expect.doc,
+        "{what}: the content moved"
+    );
+    assert_eq!(
+        store.ttl(expect.key).await.expect("ttl"),
+        None,
+        "{what}: an expiry was set"
+    );
+    match store.changes_since(expect.key, 0).await.expect("changes") {
         electric_core::store::Changes::Deltas { deltas, .. } => {
-            assert_eq!(deltas.len(), logged, "{what}: the log moved")
+            assert_eq!(deltas.len(), expect.logged, "{what}: the log moved")
         }
         other => panic!("{what}: {other:?}"),
     }
     assert!(
-        store.load(absent).await.expect("load").is_none(),
+        store.load(expect.absent).await.expect("load").is_none(),
         "{what}: a refused create left a document"
     );
     use futures_util::StreamExt;
-    if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(150), deltas.next()).await
-    {
+    if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(150), deltas.next()).await {
         panic!("{what}: a refused write published {event:?}");
     }
 }
@@ -277,12 +293,24 @@ async fn a_permission_revoked_at_runtime_refuses_a_write_whole() {
     let fresh = section.key("fresh").expect("key");
     let mut deltas = store.subscribe(&section).await.expect("subscribe");
     let mut create = conformance::set(&key, None, "qty", json!(1));
-    create.fields.push(Commit::member("note", &json!("x")).expect("member"));
+    create
+        .fields
+        .push(Commit::member("note", &json!("x")).expect("member"));
     let first = conformance::committed(&store, create).await;
     let got = tokio::time::timeout(Duration::from_secs(5), deltas.next()).await;
-    assert!(matches!(got, Ok(Some(Ok(_)))), "the create's delta: {got:?}");
+    assert!(
+        matches!(got, Ok(Some(Ok(_)))),
+        "the create's delta: {got:?}"
+    );
     let stamp = first.stamp();
     let doc = json!({"qty": 1, "note": "x"});
+    let expect = Untouched {
+        key: &key,
+        stamp,
+        doc: &doc,
+        logged: 1,
+        absent: &fresh,
+    };
 
     // An update that runs every command of the update path: members set and removed, an
     // expiry, no digest (so `__d` is removed).
@@ -304,7 +332,16 @@ async fn a_permission_revoked_at_runtime_refuses_a_write_whole() {
     // the command. (Before the check, `-publish` left the hash and log written and the delta
     // unpublished, reported as an error.) XADD is an update's first write and DEL a delete's:
     // Redis's own refusal of them changes nothing either.
-    for cmd in ["hset", "hdel", "publish", "pexpire", "xadd", "del", "zadd", "zremrangebyscore"] {
+    for cmd in [
+        "hset",
+        "hdel",
+        "publish",
+        "pexpire",
+        "xadd",
+        "del",
+        "zadd",
+        "zremrangebyscore",
+    ] {
         set_user(&server, "electric", "pw", &format!("{rules} -{cmd}")).await;
         if matches!(cmd, "hset" | "hdel" | "publish" | "pexpire" | "xadd") {
             let what = format!("update without {cmd}");
@@ -315,7 +352,7 @@ async fn a_permission_revoked_at_runtime_refuses_a_write_whole() {
                     "{what}: {reason}"
                 );
             }
-            unchanged(&store, &key, stamp, &doc, 1, &fresh, &mut deltas, &what).await;
+            unchanged(&store, &expect, &mut deltas, &what).await;
         }
         let what = format!("create without {cmd}");
         let reason = denied(
@@ -329,8 +366,11 @@ async fn a_permission_revoked_at_runtime_refuses_a_write_whole() {
             reason.contains(cmd) && reason.contains("nothing was written"),
             "{what}: {reason}"
         );
-        unchanged(&store, &key, stamp, &doc, 1, &fresh, &mut deltas, &what).await;
-        if matches!(cmd, "publish" | "del" | "zadd" | "zremrangebyscore" | "pexpire") {
+        unchanged(&store, &expect, &mut deltas, &what).await;
+        if matches!(
+            cmd,
+            "publish" | "del" | "zadd" | "zremrangebyscore" | "pexpire"
+        ) {
             let what = format!("delete without {cmd}");
             match store.delete(&key, "revoke").await {
                 Err(e @ Error::AccessDenied { .. }) => {
@@ -344,7 +384,7 @@ async fn a_permission_revoked_at_runtime_refuses_a_write_whole() {
                 }
                 other => panic!("{what}: expected AccessDenied, got {other:?}"),
             }
-            unchanged(&store, &key, stamp, &doc, 1, &fresh, &mut deltas, &what).await;
+            unchanged(&store, &expect, &mut deltas, &what).await;
         }
     }
 
