@@ -668,27 +668,8 @@ impl BenchCtx {
                 }
             }
             Backend::Nats(nb) => {
-                use electric::nats::async_nats::jetstream::consumer::{
-                    pull, AckPolicy, DeliverPolicy,
-                };
-                let stream = nb.jetstream().get_stream(nb.stream_name(topic)).await?;
-                let consumer = stream
-                    .get_or_create_consumer(
-                        name,
-                        pull::Config {
-                            durable_name: Some(name.to_owned()),
-                            ack_policy: AckPolicy::Explicit,
-                            deliver_policy: DeliverPolicy::All,
-                            max_ack_pending: self.args.prefetch as i64,
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                let mut messages = consumer
-                    .stream()
-                    .max_messages_per_batch(self.args.prefetch)
-                    .messages()
-                    .await?;
+                use electric::nats::async_nats::jetstream::consumer::DeliverPolicy;
+                let mut messages = self.raw_pull(nb, topic, name, DeliverPolicy::All).await?;
                 gaps = Gaps::new();
                 while gaps.count() < n {
                     let m = within(messages.next(), gaps.count())
@@ -782,10 +763,40 @@ impl BenchCtx {
         Ok(samples)
     }
 
+    /// The raw baselines' consumer: a durable pull consumer on `topic`'s stream with explicit
+    /// acks and the bench's prefetch, read through async-nats directly.
+    async fn raw_pull(
+        &self,
+        nb: &NatsBus,
+        topic: &str,
+        name: &str,
+        deliver_policy: electric::nats::async_nats::jetstream::consumer::DeliverPolicy,
+    ) -> anyhow::Result<electric::nats::async_nats::jetstream::consumer::pull::Stream> {
+        use electric::nats::async_nats::jetstream::consumer::{pull, AckPolicy};
+        let stream = nb.jetstream().get_stream(nb.stream_name(topic)).await?;
+        let consumer = stream
+            .get_or_create_consumer(
+                name,
+                pull::Config {
+                    durable_name: Some(name.to_owned()),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy,
+                    max_ack_pending: self.args.prefetch as i64,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(consumer
+            .stream()
+            .max_messages_per_batch(self.args.prefetch)
+            .messages()
+            .await?)
+    }
+
     /// `e2e` through async-nats directly (NATS only): the same pacing, payload, header and pull
     /// consumer settings, so `e2e` can be read against what the broker and host give.
     async fn e2e_raw(&self, round: usize) -> anyhow::Result<Option<Samples>> {
-        use electric::nats::async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+        use electric::nats::async_nats::jetstream::consumer::DeliverPolicy;
         use electric::nats::async_nats::jetstream::message::PublishMessage;
         let Backend::Nats(n) = &self.backend else {
             return Ok(None);
@@ -799,24 +810,8 @@ impl BenchCtx {
         let _ = self.bus.dispose_topic(&topic).await;
         let js = n.jetstream().clone();
         let subject = n.stream_name(&topic);
-        let stream = js.get_stream(&subject).await?;
-        let name = format!("e2e-raw-{round}");
-        let consumer = stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    ack_policy: AckPolicy::Explicit,
-                    deliver_policy: DeliverPolicy::New,
-                    max_ack_pending: self.args.prefetch as i64,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(self.args.prefetch)
-            .messages()
+        let mut messages = self
+            .raw_pull(n, &topic, &format!("e2e-raw-{round}"), DeliverPolicy::New)
             .await?;
         let encoded = Bytes::from(self.codec.encode(&self.payload)?);
         let codec = self.codec;
