@@ -37,12 +37,14 @@
 //! | [`manager`] | [`DataManager`]: typed, cached, optimistically concurrent documents |
 //! | [`sync`] | [`SyncService`]: keeps managers in step with their stores |
 //! | [`bus`] | the message bus: [`bus::BusClient`], codecs, [`bus::MemoryBus`] |
+//! | [`cdc`] | change data capture: [`cdc::ChangeSource`], positions, checkpoints |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod bus;
 pub mod cache;
+pub mod cdc;
 pub mod collections;
 pub mod delta;
 pub mod digest;
