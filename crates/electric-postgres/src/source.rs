@@ -105,6 +105,17 @@ fn classify(code: Option<&str>, msg: String) -> CdcError {
 fn wire_err(context: &str, e: PgWireError) -> CdcError {
     match e {
         PgWireError::Server(m) => classify(sqlstate_of(&m), format!("{context}: {m}")),
+        // Not transient: the refused message is never consumed, so retrying meets it again.
+        PgWireError::MessageTooLarge {
+            payload_bytes,
+            limit_bytes,
+        } => CdcError::Malformed {
+            what: "replication message",
+            reason: format!(
+                "{context}: a message of {payload_bytes} bytes exceeds max_message_bytes \
+                 ({limit_bytes}); raise it to capture this row"
+            ),
+        },
         PgWireError::Auth(m) => CdcError::Permission {
             right: "LOGIN".into(),
             detail: format!("{context}: {m}"),
@@ -536,6 +547,9 @@ impl PgChangeSource {
             Some(s) => s.consistent_point,
             None => resume.unwrap_or(0),
         };
+        // A resume starts at a checkpoint the caller persisted: it counts as acknowledged, so an
+        // idle resumed stream confirms keepalives at once. A snapshot must be acked first.
+        let acked = if snapshot.is_some() { 0 } else { resume_lsn };
         let driver = Driver {
             cfg: self.cfg.clone(),
             client,
@@ -546,7 +560,7 @@ impl PgChangeSource {
             rels: RelationCache::default(),
             resume_lsn,
             delivered: resume_lsn,
-            acked: 0,
+            acked,
             last_table_check: Instant::now(),
         };
         self.ack = ack_tx;

@@ -307,6 +307,52 @@ async fn column_lists_and_row_filters_apply_to_snapshot_and_stream() {
     n.cleanup(&c).await;
 }
 
+async fn confirmed_flush(c: &tokio_postgres::Client, slot: &str) -> i64 {
+    c.query_one(
+        "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Writes only to `other` (unpublished) and waits until the slot's confirmed_flush_lsn passes
+/// the WAL written, driving `src` meanwhile (it must deliver nothing).
+async fn idle_writes_get_confirmed(
+    c: &tokio_postgres::Client,
+    src: &mut PgChangeSource,
+    slot: &str,
+    other: &str,
+) {
+    let before = confirmed_flush(c, slot).await;
+    c.batch_execute(&format!(
+        "INSERT INTO \"{other}\" SELECT generate_series(1, 1000)"
+    ))
+    .await
+    .unwrap();
+    let written: i64 = c
+        .query_one("SELECT (pg_current_wal_flush_lsn() - '0/0')::int8", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(written > before);
+    let mut now = before;
+    for _ in 0..300 {
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(100), src.next()).await {
+            panic!("nothing published was written, got {r:?}");
+        }
+        now = confirmed_flush(c, slot).await;
+        if now >= written {
+            break;
+        }
+    }
+    assert!(
+        now >= written,
+        "confirmed_flush_lsn {now} never reached {written} (was {before})"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_slot_confirms_keepalives_and_retains_no_wal() {
     let url = pg_url();
@@ -320,53 +366,91 @@ async fn an_idle_slot_confirms_keepalives_and_retains_no_wal() {
     .unwrap();
     let mut cfg = n.config(&url);
     cfg.tables.truncate(1);
+    let mut src = PgChangeSource::new(cfg.clone()).unwrap();
+    src.start(None).await.unwrap();
+    let mut seen = Seen::default();
+    drain_until(&mut src, &mut seen, |s| !s.checkpoints.is_empty())
+        .await
+        .unwrap();
+    idle_writes_get_confirmed(&c, &mut src, &n.slot, other).await;
+
+    // A delivered but unacknowledged transaction holds confirmation back.
+    c.batch_execute(&format!("INSERT INTO \"{t}\" VALUES (1)"))
+        .await
+        .unwrap();
+    let held = loop {
+        if let SourceEvent::Changes(b) =
+            next_event(&mut src, Duration::from_secs(60)).await.unwrap()
+        {
+            if let Some(cp) = b.checkpoint {
+                break cp;
+            }
+        }
+    };
+    let at = confirmed_flush(&c, &n.slot).await;
+    c.batch_execute(&format!("INSERT INTO \"{other}\" VALUES (1)"))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let _ = tokio::time::timeout(Duration::from_millis(100), src.next()).await;
+    }
+    assert_eq!(
+        confirmed_flush(&c, &n.slot).await,
+        at,
+        "nothing is confirmed while a delivered transaction is unacknowledged"
+    );
+    src.ack(&held).await.unwrap();
+    assert!(checkpoint_lsn(&held).unwrap() as i64 > at);
+
+    // After a resume from a persisted checkpoint, an idle slot confirms too.
+    drop(src);
+    let mut src = PgChangeSource::new(cfg).unwrap();
+    src.start(Some(held)).await.unwrap();
+    idle_writes_get_confirmed(&c, &mut src, &n.slot, other).await;
+    drop(src);
+    n.cleanup(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_over_max_message_bytes_is_a_typed_permanent_error() {
+    let url = pg_url();
+    let Some(c) = connect(&url).await else { return };
+    let n = Names::new(&url, 1);
+    let t = &n.tables[0];
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{t}\" (id int8 PRIMARY KEY, v text)"
+    ))
+    .await
+    .unwrap();
+    let mut cfg = n.config(&url);
+    cfg.max_message_bytes = 64 << 10;
     let mut src = PgChangeSource::new(cfg).unwrap();
     src.start(None).await.unwrap();
     let mut seen = Seen::default();
     drain_until(&mut src, &mut seen, |s| !s.checkpoints.is_empty())
         .await
         .unwrap();
-    let before: i64 = c
-        .query_one(
-            "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&n.slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
     c.batch_execute(&format!(
-        "INSERT INTO \"{other}\" SELECT generate_series(1, 1000)"
+        "INSERT INTO \"{t}\" VALUES (1, 'small'); \
+         INSERT INTO \"{t}\" SELECT 2, string_agg(md5(g::text), '') FROM generate_series(1, 8000) g"
     ))
     .await
     .unwrap();
-    let written: i64 = c
-        .query_one("SELECT (pg_current_wal_flush_lsn() - '0/0')::int8", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(written > before);
-    // The source is driven (next) while we wait; nothing is delivered for the other table.
-    let mut now = before;
-    for _ in 0..300 {
-        if let Ok(r) = tokio::time::timeout(Duration::from_millis(100), src.next()).await {
-            panic!("nothing published was written, got {r:?}");
+    let err = loop {
+        match next_event(&mut src, Duration::from_secs(60)).await {
+            Err(e) => break e,
+            Ok(SourceEvent::Changes(b)) => assert!(
+                b.checkpoint.is_none(),
+                "the big row's transaction never completes"
+            ),
+            Ok(other) => panic!("unexpected {other:?}"),
         }
-        now = c
-            .query_one(
-                "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&n.slot],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if now >= written {
-            break;
-        }
-    }
+    };
     assert!(
-        now >= written,
-        "confirmed_flush_lsn {now} never reached {written} (was {before})"
+        matches!(&err, CdcError::Malformed { reason, .. } if reason.contains("max_message_bytes")),
+        "{err}"
     );
+    assert!(!err.is_retryable());
     drop(src);
     n.cleanup(&c).await;
 }
@@ -533,6 +617,32 @@ async fn bad_tables_and_missing_rights_are_typed_errors() {
         matches!(&err, CdcError::Table { reason, .. } if reason.contains("key column")),
         "{err}"
     );
+    // A role with REPLICATION that does not own the table cannot create the publication.
+    let owner_less = common::unique("notowner");
+    c.batch_execute(&format!(
+        "CREATE ROLE \"{owner_less}\" LOGIN REPLICATION; GRANT SELECT ON \"{ok}\" TO \"{owner_less}\""
+    ))
+    .await
+    .unwrap();
+    let mut u = url_parts::Url::parse(&url);
+    u.user = owner_less.clone();
+    let mut cfg2 = cfg.clone();
+    cfg2.url = u.to_string();
+    cfg2.tables = vec![TableConfig::new("public", ok)];
+    let err = PgChangeSource::new(cfg2)
+        .unwrap()
+        .start(None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CdcError::Permission { right, .. } if right.contains("ownership")),
+        "{err}"
+    );
+    c.batch_execute(&format!(
+        "REVOKE ALL ON \"{ok}\" FROM \"{owner_less}\"; DROP ROLE \"{owner_less}\""
+    ))
+    .await
+    .unwrap();
     // A role without REPLICATION.
     let role = common::unique("norepl");
     c.batch_execute(&format!(
