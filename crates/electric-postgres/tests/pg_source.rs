@@ -387,20 +387,21 @@ async fn an_idle_slot_confirms_keepalives_and_retains_no_wal() {
             }
         }
     };
-    let at = confirmed_flush(&c, &n.slot).await;
+    // (A confirmation from before this transaction may still be on its way: only the
+    // transaction's own end must not be confirmed.)
+    let held_lsn = checkpoint_lsn(&held).unwrap() as i64;
     c.batch_execute(&format!("INSERT INTO \"{other}\" VALUES (1)"))
         .await
         .unwrap();
     for _ in 0..20 {
         let _ = tokio::time::timeout(Duration::from_millis(100), src.next()).await;
     }
-    assert_eq!(
-        confirmed_flush(&c, &n.slot).await,
-        at,
-        "nothing is confirmed while a delivered transaction is unacknowledged"
+    let now = confirmed_flush(&c, &n.slot).await;
+    assert!(
+        now < held_lsn,
+        "confirmed {now} passed an unacknowledged transaction ending at {held_lsn}"
     );
     src.ack(&held).await.unwrap();
-    assert!(checkpoint_lsn(&held).unwrap() as i64 > at);
 
     // After a resume from a persisted checkpoint, an idle slot confirms too.
     drop(src);
