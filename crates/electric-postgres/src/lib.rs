@@ -59,14 +59,23 @@
 //!   **caller restarts** with `start(last persisted checkpoint)`, which resumes after it (the
 //!   unacknowledged rest comes again: at-least-once). A slot found `wal_status = lost`, or
 //!   refused at `START_REPLICATION` as invalidated, is dropped, recreated and re-snapshotted.
-//!   Unknown server errors are reported as `Unavailable` with the server's message.
+//!   A slot invalidated while streaming (the server ends its walsender) ends the stream with
+//!   `Unavailable`; the restart then re-snapshots. Unknown server errors are reported as
+//!   `Unavailable` with the server's message; a row over `max_message_bytes` is a permanent
+//!   `Malformed` error (raise the limit).
+//! - **Caveat for sinks:** a crash *during* a re-snapshot leaves the caller's previous
+//!   checkpoint, which the recreated slot accepts; the sink must remember that a snapshot was
+//!   in progress (between `SnapshotStart` and the snapshot's checkpoint) and restart with
+//!   `None` then. An initial snapshot has no such issue (no checkpoint yet).
 //!
 //! # Tested
 //! Against PostgreSQL 15 (`.ci/services`, `ELECTRIC_TEST_PG_URL`): snapshot then stream, the
 //! hand-off under concurrent writes, large transactions in several batches, TOAST, types,
 //! column lists and row filters, idle confirmation, resume, added columns, dropped tables, no
-//! primary key, missing `REPLICATION`; on private clusters (initdb on ports 7401–7409):
-//! `wal_level=replica`, a restart mid-stream and slot invalidation. The decoder is
+//! primary key, missing `REPLICATION`, a non-owner creating the publication, a row over the
+//! message limit, confirmation held while a transaction is unacknowledged; on private
+//! clusters (initdb on ports 7401–7404): `wal_level=replica`, a kill and restart mid-stream,
+//! slot invalidation while stopped and while streaming. The decoder is
 //! property-tested and fuzzed on bytes captured from the server (`tests/vectors`).
 
 pub mod config;

@@ -905,7 +905,16 @@ impl Driver {
                         "replication stream ended".into(),
                     )))
                 }
-                Err(e) => return Err(Some(wire_err("replication stream", e))),
+                // The slot invalidated under us is no dead end: a restart re-snapshots, so it is
+                // reported as retryable like any lost connection.
+                Err(e) => {
+                    return Err(Some(match wire_err("replication stream", e) {
+                        CdcError::HistoryLost(why) => CdcError::Unavailable(format!(
+                            "{why} (restart: the source re-snapshots)"
+                        )),
+                        other => other,
+                    }))
+                }
             };
             match ev {
                 ReplicationEvent::Begin { final_lsn, .. } => {

@@ -216,3 +216,93 @@ async fn an_invalidated_slot_is_recreated_and_re_snapshotted() {
     n.cleanup(&c).await;
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_invalidated_while_streaming_ends_the_stream_then_re_snapshots() {
+    let Some(cluster) = PrivateCluster::create(
+        7404,
+        &[
+            "wal_level = logical",
+            "max_slot_wal_keep_size = '2MB'",
+            "min_wal_size = '2MB'",
+            "max_wal_size = '4MB'",
+            "wal_keep_size = 0",
+        ],
+        &["--wal-segsize=1"],
+    ) else {
+        return;
+    };
+    let url = cluster.url();
+    let c = connect(&url).await.expect("private cluster");
+    let n = Names::new(&url, 2);
+    let (t, filler) = (n.tables[0].clone(), n.tables[1].clone());
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{t}\" (id int8 PRIMARY KEY); CREATE TABLE \"{filler}\" (v text); \
+         INSERT INTO \"{t}\" VALUES (1)"
+    ))
+    .await
+    .unwrap();
+    let mut cfg = n.config(&url);
+    cfg.tables.truncate(1);
+    let mut src = PgChangeSource::new(cfg).unwrap();
+    src.start(None).await.unwrap();
+    let mut seen = Seen::default();
+    drain_until(&mut src, &mut seen, |s| !s.checkpoints.is_empty())
+        .await
+        .unwrap();
+    let acked = seen.checkpoints.last().unwrap().clone();
+    // A transaction delivered and never acknowledged: the active slot cannot advance.
+    c.batch_execute(&format!("INSERT INTO \"{t}\" VALUES (2)"))
+        .await
+        .unwrap();
+    loop {
+        if let electric_core::cdc::SourceEvent::Changes(b) =
+            next_event(&mut src, Duration::from_secs(60)).await.unwrap()
+        {
+            if b.checkpoint.is_some() {
+                break;
+            }
+        }
+    }
+    let mut status = String::new();
+    for _ in 0..40 {
+        c.batch_execute(&format!(
+            "INSERT INTO \"{filler}\" SELECT repeat('x', 500) FROM generate_series(1, 4000); \
+             SELECT pg_switch_wal(); CHECKPOINT"
+        ))
+        .await
+        .unwrap();
+        status = c
+            .query_one(
+                "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
+                &[&n.slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if status == "lost" {
+            break;
+        }
+    }
+    assert_eq!(status, "lost", "the active slot was not invalidated");
+    // The server ends the walsender holding the slot: the stream ends with a retryable error.
+    let err = match next_event(&mut src, Duration::from_secs(60)).await {
+        Err(e) => e,
+        Ok(ev) => panic!("unexpected event: {ev:?}"),
+    };
+    assert!(matches!(err, CdcError::Unavailable(_)), "{err}");
+    eprintln!("stream ended with: {err}");
+    // The caller restarts from its last checkpoint: the source re-snapshots.
+    start_retrying(&mut src, Some(acked)).await;
+    let mut again = Seen::default();
+    drain_until(&mut src, &mut again, |s| !s.checkpoints.is_empty())
+        .await
+        .unwrap();
+    assert_eq!(again.snapshot_starts, vec!["slot invalidated"]);
+    let mut ids: Vec<i64> = again.items.iter().map(|i| int(i.key.get("id"))).collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2]);
+    drop(src);
+    n.cleanup(&c).await;
+    drop(cluster);
+}
