@@ -227,7 +227,10 @@ mod tests {
         );
         assert_eq!(
             classify("RENAME TABLE a TO b, c TO d.e", "db"),
-            Ddl::Rename(vec![(t("db", "a"), t("db", "b")), (t("db", "c"), t("d", "e"))])
+            Ddl::Rename(vec![
+                (t("db", "a"), t("db", "b")),
+                (t("db", "c"), t("d", "e"))
+            ])
         );
         assert_eq!(
             classify("alter table a add column x int", "db"),

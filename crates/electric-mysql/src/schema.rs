@@ -20,6 +20,8 @@ pub(crate) struct ColumnInfo {
     pub json: bool,
     /// The members of an `ENUM` or `SET`, in declaration order.
     pub members: Vec<String>,
+    /// An `UNSIGNED` number.
+    pub unsigned: bool,
 }
 
 impl ColumnInfo {
@@ -32,6 +34,7 @@ impl ColumnInfo {
             charset: None,
             json: false,
             members: Vec::new(),
+            unsigned: false,
         }
     }
 }
@@ -93,6 +96,7 @@ pub(crate) async fn load_schema(conn: &mut Conn, table: &TableName) -> CdcResult
             Vec::new()
         };
         columns.push(ColumnInfo {
+            unsigned: column_type.to_ascii_lowercase().contains("unsigned"),
             json: data_type == "json",
             name: name.into(),
             data_type,
@@ -311,6 +315,10 @@ pub(crate) fn map_value(col: &ColumnInfo, v: MyValue, origin: Origin) -> Value {
                     .and_then(|i| col.members.get(i).cloned())
                     .unwrap_or_default(),
             ),
+            // mysql_common 0.37 reads a binlog MEDIUMINT without sign extension.
+            "mediumint" if origin == Origin::Binlog && !col.unsigned && i >= 0x80_0000 => {
+                Value::Int(i - 0x100_0000)
+            }
             // The pre-5.6 TIMESTAMP in the binlog: epoch seconds.
             "timestamp" => Value::Text(epoch_to_iso(i, 0)),
             _ => Value::Int(i),
@@ -395,6 +403,7 @@ mod tests {
             charset: charset.map(Into::into),
             json: false,
             members: vec!["a".into(), "b'c".into(), "d".into()],
+            unsigned: false,
         }
     }
 
@@ -420,7 +429,11 @@ mod tests {
             Value::Text("a,d".into())
         );
         assert_eq!(
-            map_value(&col("timestamp", None), MyValue::Bytes(b"86400.5".to_vec()), b),
+            map_value(
+                &col("timestamp", None),
+                MyValue::Bytes(b"86400.5".to_vec()),
+                b
+            ),
             Value::Text("1970-01-02T00:00:00.000005Z".into())
         );
         assert_eq!(
@@ -444,11 +457,23 @@ mod tests {
             Value::Int(2024)
         );
         assert_eq!(
+            map_value(&col("mediumint", None), MyValue::Int(0x80_0000), b),
+            Value::Int(-8_388_608)
+        );
+        assert_eq!(
+            map_value(&col("mediumint", None), MyValue::Int(5), b),
+            Value::Int(5)
+        );
+        assert_eq!(
             map_value(&col("bit", None), MyValue::Bytes(vec![1, 2]), b),
             Value::Int(258)
         );
         assert_eq!(
-            map_value(&col("varchar", Some("latin1")), MyValue::Bytes(vec![0x80, 0xe9]), b),
+            map_value(
+                &col("varchar", Some("latin1")),
+                MyValue::Bytes(vec![0x80, 0xe9]),
+                b
+            ),
             Value::Text("€é".into())
         );
         assert_eq!(

@@ -451,10 +451,9 @@ impl MysqlChangeSource {
                 .find(|(n, _)| n.eq_ignore_ascii_case(k))
                 .map(|(_, v)| v.clone())
         };
-        let (Some(file), Some(pos)) = (
-            get("binlog_snapshot_file"),
-            get("binlog_snapshot_position"),
-        ) else {
+        let (Some(file), Some(pos)) =
+            (get("binlog_snapshot_file"), get("binlog_snapshot_position"))
+        else {
             return Err(CdcError::Setting {
                 setting: "binlog_snapshot_file".into(),
                 actual: "absent".into(),
@@ -585,11 +584,7 @@ impl MysqlChangeSource {
             last_key = Some(key_pos.iter().map(|&i| vals[i].clone()).collect::<Vec<_>>());
             let (key, new) = self.row_of(schema, &cols, vals);
             items.push(ChangeItem {
-                position: BinlogPos {
-                    sub: ordinal,
-                    ..at
-                }
-                .encode(),
+                position: BinlogPos { sub: ordinal, ..at }.encode(),
                 table: table.clone(),
                 op: Op::Insert,
                 key,
@@ -745,8 +740,8 @@ impl MysqlChangeSource {
                 schema.columns.iter().map(|c| c.name.clone()).collect()
             }
         };
-        let mismatch = schema.columns.len() != names.len()
-            || names.iter().any(|n| schema.column(n).is_none());
+        let mismatch =
+            schema.columns.len() != names.len() || names.iter().any(|n| schema.column(n).is_none());
         if mismatch || self.stale.contains(&idx) {
             return Ok(None);
         }
@@ -973,12 +968,7 @@ impl MysqlChangeSource {
                 }
             }
             Ddl::Dml => {
-                if let Some(t) = self
-                    .tables
-                    .iter()
-                    .find(|t| sql.contains(&*t.name))
-                    .cloned()
-                {
+                if let Some(t) = self.tables.iter().find(|t| sql.contains(&*t.name)).cloned() {
                     return Err(CdcError::Setting {
                         setting: "binlog_format".into(),
                         actual: format!(
@@ -1023,7 +1013,20 @@ impl MysqlChangeSource {
         })?;
         match data {
             Some(EventData::RotateEvent(r)) => {
-                let (base, seq) = split_file_name(&r.name())?;
+                // The server's first (fake) rotate comes before the format description, so
+                // its 4 checksum bytes are still on the name: keep `base.digits` only.
+                let name = r.name();
+                let name = match name.rfind('.') {
+                    Some(dot) => {
+                        let digits = name[dot + 1..]
+                            .bytes()
+                            .take_while(u8::is_ascii_digit)
+                            .count();
+                        &name[..dot + 1 + digits]
+                    }
+                    None => &name[..],
+                };
+                let (base, seq) = split_file_name(name)?;
                 self.base = base;
                 self.file_seq = seq;
             }
@@ -1081,7 +1084,9 @@ impl MysqlChangeSource {
                         )))
                     }
                     Ok(None) => {
-                        return Err(CdcError::Unavailable("the server ended the binlog stream".into()))
+                        return Err(CdcError::Unavailable(
+                            "the server ended the binlog stream".into(),
+                        ))
                     }
                     Ok(Some(Err(e))) => return Err(map_err(e)),
                     Ok(Some(Ok(ev))) => ev,
@@ -1100,8 +1105,7 @@ impl MysqlChangeSource {
                         // The binlog's columns still differ from information_schema's: a later
                         // DDL already changed the table again. Map what the binlog names.
                         self.stale.remove(&idx);
-                        let Some(EventData::TableMapEvent(tme)) =
-                            ev.read_data().ok().flatten()
+                        let Some(EventData::TableMapEvent(tme)) = ev.read_data().ok().flatten()
                         else {
                             return Ok(());
                         };
@@ -1145,12 +1149,15 @@ impl MysqlChangeSource {
             .collect();
         let mut key = Vec::new();
         for k in &schema.key {
-            key.push(names.iter().position(|n| n == k).ok_or_else(|| {
-                CdcError::Table {
-                    table: schema.table.clone(),
-                    reason: format!("primary-key column {k} is not in the binlog's row"),
-                }
-            })?);
+            key.push(
+                names
+                    .iter()
+                    .position(|n| n == k)
+                    .ok_or_else(|| CdcError::Table {
+                        table: schema.table.clone(),
+                        reason: format!("primary-key column {k} is not in the binlog's row"),
+                    })?,
+            );
         }
         Ok(Mapped {
             idx,
@@ -1284,8 +1291,14 @@ mod tests {
     fn configuration_is_validated() {
         let b = || MysqlChangeSource::builder("mysql://root@127.0.0.1:3306/test");
         assert!(matches!(b().build(), Err(CdcError::Config(_))));
-        assert!(matches!(b().table("nodot").build(), Err(CdcError::Config(_))));
-        assert!(matches!(b().table("a.b.c").build(), Err(CdcError::Config(_))));
+        assert!(matches!(
+            b().table("nodot").build(),
+            Err(CdcError::Config(_))
+        ));
+        assert!(matches!(
+            b().table("a.b.c").build(),
+            Err(CdcError::Config(_))
+        ));
         assert!(matches!(
             b().table("a.b").table("a.b").build(),
             Err(CdcError::Config(_))
