@@ -156,6 +156,8 @@ impl MysqlSourceBuilder {
             pending: Vec::new(),
             idle_ckpt: None,
             skipped: 0,
+            checksum: true,
+            fde_seen: false,
         })
     }
 }
@@ -246,6 +248,10 @@ pub struct MysqlChangeSource {
     pending: Vec<ChangeItem>,
     idle_ckpt: Option<BinlogPos>,
     skipped: u64,
+    /// The server checksums binlog events (`binlog_checksum` is not `NONE`).
+    checksum: bool,
+    /// A format description event was seen on this stream.
+    fde_seen: bool,
 }
 
 impl std::fmt::Debug for MysqlChangeSource {
@@ -301,7 +307,7 @@ impl MysqlChangeSource {
         Conn::new(self.opts.clone()).await.map_err(map_err)
     }
 
-    async fn check_settings(&self, conn: &mut Conn) -> CdcResult<()> {
+    async fn check_settings(&mut self, conn: &mut Conn) -> CdcResult<()> {
         async fn var(conn: &mut Conn, name: &str) -> CdcResult<Option<String>> {
             match conn
                 .query_first::<MyValue, _>(format!("SELECT @@GLOBAL.{name}"))
@@ -367,6 +373,9 @@ impl MysqlChangeSource {
                 "'' (partial JSON updates are not decoded)",
             )?;
         }
+        self.checksum = var(conn, "binlog_checksum")
+            .await?
+            .is_none_or(|c| !c.eq_ignore_ascii_case("NONE"));
         let own = var(conn, "server_id").await?.unwrap_or_default();
         if own == self.server_id.to_string() {
             return Err(CdcError::Config(format!(
@@ -633,6 +642,7 @@ impl MysqlChangeSource {
             .map_err(|e| map_err_right(e, "REPLICATION SLAVE"))?;
         tracing::info!(source = %self.name, %file, offset = at.offset, "binlog stream opened");
         self.file_seq = at.file_seq;
+        self.fde_seen = false;
         self.in_txn = false;
         self.standalone = false;
         self.txn_items = false;
@@ -1014,19 +1024,15 @@ impl MysqlChangeSource {
         match data {
             Some(EventData::RotateEvent(r)) => {
                 // The server's first (fake) rotate comes before the format description, so
-                // its 4 checksum bytes are still on the name: keep `base.digits` only.
-                let name = r.name();
-                let name = match name.rfind('.') {
-                    Some(dot) => {
-                        let digits = name[dot + 1..]
-                            .bytes()
-                            .take_while(u8::is_ascii_digit)
-                            .count();
-                        &name[..dot + 1 + digits]
-                    }
-                    None => &name[..],
+                // the reader has not stripped its checksum: the name's last 4 bytes.
+                let raw = r.name_raw();
+                let raw = if !self.fde_seen && self.checksum && raw.len() > 4 {
+                    &raw[..raw.len() - 4]
+                } else {
+                    raw
                 };
-                let (base, seq) = split_file_name(name)?;
+                let name = String::from_utf8_lossy(raw);
+                let (base, seq) = split_file_name(&name)?;
                 self.base = base;
                 self.file_seq = seq;
             }
@@ -1049,6 +1055,7 @@ impl MysqlChangeSource {
                 self.query_event(&sql, &schema, end)?;
             }
             Some(EventData::HeartbeatEvent) => self.flush_idle(),
+            Some(EventData::FormatDescriptionEvent(_)) => self.fde_seen = true,
             _ => {}
         }
         Ok(Step::Continue)

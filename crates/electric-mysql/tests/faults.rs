@@ -50,12 +50,15 @@ impl PrivateMaria {
             std::env::temp_dir().join(format!("electric-mysql-{port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
+        // Its own temporary directory: two bootstraps sharing /tmp have collided.
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let user = if is_root() {
             "root".to_string()
         } else {
             whoami()
         };
         let out = Command::new("mariadb-install-db")
+            .env("TMPDIR", dir.join("tmp"))
             .arg(format!("--user={user}"))
             .arg(format!("--datadir={}", dir.join("data").display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
@@ -90,6 +93,7 @@ impl PrivateMaria {
             .arg(format!("--pid-file={}", d("pid")))
             .arg(format!("--port={}", self.port))
             .arg(format!("--log-error={}", d("error.log")))
+            .arg(format!("--tmpdir={}", d("tmp")))
             .args([
                 "--bind-address=127.0.0.1",
                 "--skip-name-resolve",
