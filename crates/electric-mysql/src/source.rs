@@ -198,8 +198,14 @@ struct SnapTable {
     last_key: Option<Vec<MyValue>>,
 }
 
+/// A snapshot page query in flight: it owns the connection, so a cancelled
+/// [`next`](ChangeSource::next) leaves it running and the next call awaits the same result.
+type Page = tokio::task::JoinHandle<(Conn, Result<Vec<mysql_async::Row>, mysql_async::Error>)>;
+
 struct Snap {
-    conn: Conn,
+    /// `None` while a page query holds it.
+    conn: Option<Conn>,
+    inflight: Option<Page>,
     at: BinlogPos,
     reason: Arc<str>,
     tables: VecDeque<usize>,
@@ -476,7 +482,8 @@ impl MysqlChangeSource {
         })?;
         tracing::info!(source = %self.name, %file, offset, reason, "snapshot starts");
         self.phase = Phase::Snapshot(Box::new(Snap {
-            conn,
+            conn: Some(conn),
+            inflight: None,
             at: BinlogPos {
                 file_seq,
                 offset,
@@ -524,7 +531,13 @@ impl MysqlChangeSource {
                 });
                 return Ok(());
             }
-            snap.conn.query_drop("COMMIT").await.map_err(map_err)?;
+            // The snapshot was read only: ending the session ends its transaction. Closing
+            // runs on its own so this step has no await (and nothing to lose if cancelled).
+            if let Some(conn) = snap.conn.take() {
+                tokio::spawn(async move {
+                    let _ = conn.disconnect().await;
+                });
+            }
             let at = BinlogPos {
                 sub: u64::MAX,
                 ..snap.at
@@ -577,11 +590,26 @@ impl MysqlChangeSource {
                 .join(", "),
             self.max_batch
         ));
-        let rows: Vec<mysql_async::Row> = snap
-            .conn
-            .exec(sql, params)
-            .await
-            .map_err(|e| map_err_right(e, "SELECT"))?;
+        if snap.inflight.is_none() {
+            let Some(mut conn) = snap.conn.take() else {
+                return Err(CdcError::Unavailable(
+                    "the snapshot connection was lost".into(),
+                ));
+            };
+            snap.inflight = Some(tokio::spawn(async move {
+                let res = conn.exec(sql, params).await;
+                (conn, res)
+            }));
+        }
+        let Some(page) = snap.inflight.as_mut() else {
+            return Ok(());
+        };
+        let joined = page.await;
+        snap.inflight = None;
+        let (conn, res) =
+            joined.map_err(|e| CdcError::Unavailable(format!("snapshot query task: {e}")))?;
+        snap.conn = Some(conn);
+        let rows = res.map_err(|e| map_err_right(e, "SELECT"))?;
         let full = rows.len() >= self.max_batch;
         let table = schema.table.clone();
         let mut items = Vec::with_capacity(rows.len());

@@ -649,3 +649,92 @@ async fn missing_replication_rights_are_named() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_next_calls_lose_nothing() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let (t, _g) = create(&mut admin, "cdc_cancel", "id INT PRIMARY KEY, pad TEXT").await;
+    let values: Vec<String> = (1..=300)
+        .map(|i| format!("({i}, REPEAT('p', 2000))"))
+        .collect();
+    admin
+        .query_drop(format!("INSERT INTO {t} VALUES {}", values.join(",")))
+        .await
+        .unwrap();
+    let table = t.clone();
+    let writer = tokio::spawn(async move {
+        let mut c = Conn::from_url(url()).await.unwrap();
+        for i in 301..=600 {
+            c.query_drop(format!(
+                "INSERT INTO {table} VALUES ({i}, REPEAT('q', 2000))"
+            ))
+            .await
+            .unwrap();
+        }
+    });
+    let mut src = source(&t, 7);
+    src.start(None).await.unwrap();
+    let mut seen = Seen::default();
+    let mut cancelled = 0;
+    // Tiny deadlines cancel `next` at arbitrary await points (snapshot pages, binlog reads).
+    let mut deadline = 1u64;
+    while !seen.items.iter().any(|i| id(i) == 600) {
+        match tokio::time::timeout(std::time::Duration::from_micros(deadline), src.next()).await {
+            Ok(Ok(Some(ev))) => seen.record(ev),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => cancelled += 1,
+        }
+        deadline = deadline % 2000 + 37;
+    }
+    writer.await.unwrap();
+    assert!(cancelled > 10, "only {cancelled} calls were cancelled");
+    let mut ids: Vec<i64> = seen.items.iter().map(id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=600).collect::<Vec<_>>(), "each row exactly once");
+    assert_increasing(&seen.items);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_elsewhere_advance_the_checkpoint_on_heartbeats() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let (t, _g) = create(&mut admin, "cdc_idle", "id INT PRIMARY KEY").await;
+    let (other, _g2) = create(&mut admin, "cdc_other", "id INT PRIMARY KEY").await;
+    let mut src = MysqlChangeSource::builder(url())
+        .table(&t)
+        .server_id(server_id())
+        .heartbeat(std::time::Duration::from_millis(200))
+        .build()
+        .unwrap();
+    src.start(None).await.unwrap();
+    let mut seen = Seen::default();
+    collect_until(&mut src, &mut seen, |s| !s.checkpoints.is_empty())
+        .await
+        .unwrap();
+    let first = seen.last_checkpoint().unwrap();
+    admin
+        .query_drop(format!("INSERT INTO {other} VALUES (1), (2)"))
+        .await
+        .unwrap();
+    collect_until(&mut src, &mut seen, |s| s.checkpoints.len() >= 2)
+        .await
+        .unwrap();
+    assert!(seen.items.is_empty(), "no change of the captured table");
+    let idle = seen.last_checkpoint().unwrap();
+    assert!(idle > first);
+    // Resuming from the idle checkpoint skips the other table's transaction.
+    admin
+        .query_drop(format!("INSERT INTO {t} VALUES (7)"))
+        .await
+        .unwrap();
+    let mut again = source(&t, 10);
+    again.start(Some(idle)).await.unwrap();
+    let mut rest = Seen::default();
+    collect_until(&mut again, &mut rest, |s| !s.items.is_empty())
+        .await
+        .unwrap();
+    assert_eq!(rest.items.iter().map(id).collect::<Vec<_>>(), vec![7]);
+}
