@@ -11,6 +11,8 @@ pub(crate) enum Ddl {
     Truncate((String, String)),
     /// Any other `ALTER TABLE` (columns may have changed).
     Alter((String, String)),
+    /// MariaDB's `CREATE OR REPLACE TABLE`: the old table (and its rows) is gone.
+    Replace((String, String)),
     /// A row change written as a statement (`INSERT`/`UPDATE`/`DELETE`/`REPLACE`/`LOAD`): a
     /// session switched to `binlog_format=STATEMENT`, so its rows are not in the binlog.
     Dml,
@@ -130,6 +132,13 @@ impl P<'_> {
     }
 }
 
+/// Whether `sql` names table `name` (as a whole identifier, quoted or not).
+pub(crate) fn mentions(sql: &str, name: &str) -> bool {
+    tokens(sql)
+        .iter()
+        .any(|t| matches!(t, Tok::Word(w) | Tok::Quoted(w) if w == name))
+}
+
 /// Classifies `sql`, run with default schema `schema`.
 pub(crate) fn classify(sql: &str, schema: &str) -> Ddl {
     let t = tokens(sql);
@@ -164,6 +173,16 @@ pub(crate) fn classify(sql: &str, schema: &str) -> Ddl {
             }
         }
         return Ddl::Rename(pairs);
+    }
+    if p.kw("CREATE") {
+        if !(p.kw("OR") && p.kw("REPLACE")) {
+            return Ddl::Other;
+        }
+        p.kw("TEMPORARY");
+        if !p.kw("TABLE") {
+            return Ddl::Other;
+        }
+        return p.table().map_or(Ddl::Other, Ddl::Replace);
     }
     if p.kw("TRUNCATE") {
         p.kw("TABLE");
@@ -245,6 +264,14 @@ mod tests {
             Ddl::Rename(vec![(t("db", "a"), t("db", "b"))])
         );
         assert_eq!(classify("TRUNCATE a", "db"), Ddl::Truncate(t("db", "a")));
+        assert_eq!(
+            classify("CREATE OR REPLACE TABLE x.a (id int)", "db"),
+            Ddl::Replace(t("x", "a"))
+        );
+        assert_eq!(classify("CREATE TABLE a (id int)", "db"), Ddl::Other);
+        assert!(mentions("insert into `orders` values (1)", "orders"));
+        assert!(mentions("UPDATE db.orders SET x = 1", "orders"));
+        assert!(!mentions("insert into orders_archive values (1)", "orders"));
         assert_eq!(classify("insert into a values (1)", "db"), Ddl::Dml);
         assert_eq!(classify("BEGIN", "db"), Ddl::Other);
         assert_eq!(classify("", "db"), Ddl::Other);

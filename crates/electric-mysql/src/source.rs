@@ -16,7 +16,7 @@ use mysql_async::binlog::value::BinlogValue;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, Value as MyValue};
 
-use crate::ddl::{classify, Ddl};
+use crate::ddl::{classify, mentions, Ddl};
 use crate::error::{map_err, map_err_right};
 use crate::position::{file_name, split_file_name, BinlogPos};
 use crate::schema::{load_schema, map_value, ColumnInfo, Origin, TableSchema};
@@ -77,7 +77,8 @@ impl MysqlSourceBuilder {
     }
 
     /// How often the server sends a heartbeat when the binlog is idle (default 1 s, 0.1–60 s).
-    /// No event for three periods means the connection is dead ([`CdcError::Unavailable`]).
+    /// No event for three periods (at least 5 s) means the connection is dead
+    /// ([`CdcError::Unavailable`]).
     /// Heartbeats also carry the idle checkpoint (the position after transactions on other
     /// tables), so a restart does not re-read them.
     pub fn heartbeat(mut self, period: Duration) -> Self {
@@ -987,14 +988,22 @@ impl MysqlChangeSource {
                     });
                 }
             }
-            Ddl::Truncate((s, t)) => {
+            Ddl::Truncate((s, t)) | Ddl::Replace((s, t)) => {
                 if let Some(i) = captured(&s, &t) {
-                    // TRUNCATE writes no row events: at this point the table is empty.
+                    // TRUNCATE (and CREATE OR REPLACE) writes no row events for the rows it
+                    // removes: at this point the table is empty. Rows a CREATE … SELECT
+                    // fills in follow as row events.
                     let table = self.tables[i].clone();
+                    let reason = if word.eq_ignore_ascii_case("TRUNCATE") {
+                        "truncate"
+                    } else {
+                        self.stale.insert(i);
+                        "create or replace"
+                    };
                     self.flush_pending();
                     self.out.push_back(SourceEvent::SnapshotStart {
                         table: table.clone(),
-                        reason: "truncate".into(),
+                        reason: reason.into(),
                     });
                     self.out.push_back(SourceEvent::SnapshotEnd { table });
                     self.txn_items = true;
@@ -1006,7 +1015,7 @@ impl MysqlChangeSource {
                 }
             }
             Ddl::Dml => {
-                if let Some(t) = self.tables.iter().find(|t| sql.contains(&*t.name)).cloned() {
+                if let Some(t) = self.tables.iter().find(|t| mentions(sql, &t.name)).cloned() {
                     return Err(CdcError::Setting {
                         setting: "binlog_format".into(),
                         actual: format!(
@@ -1111,7 +1120,8 @@ impl MysqlChangeSource {
                 let Phase::Stream(stream) = &mut self.phase else {
                     return Ok(());
                 };
-                let wait = self.heartbeat * 3;
+                // Three heartbeats, at least 5 s: a busy 2-core host delays heartbeats.
+                let wait = (self.heartbeat * 3).max(Duration::from_secs(5));
                 match tokio::time::timeout(wait, stream.next()).await {
                     Err(_) => {
                         return Err(CdcError::Unavailable(format!(

@@ -738,3 +738,62 @@ async fn writes_elsewhere_advance_the_checkpoint_on_heartbeats() {
         .unwrap();
     assert_eq!(rest.items.iter().map(id).collect::<Vec<_>>(), vec![7]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_or_replace_empties_the_table_and_statement_writes_are_refused() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let (t, _g) = create(&mut admin, "cdc_repl", "id INT PRIMARY KEY").await;
+    let (other, _g2) = create(&mut admin, "cdc_repl_other", "id INT PRIMARY KEY").await;
+    let (mut src, mut seen) = started(&t, 100).await;
+    admin
+        .query_drop(format!(
+            "INSERT INTO {t} VALUES (1); \
+             CREATE OR REPLACE TABLE {t} (id INT PRIMARY KEY, w INT) ENGINE=InnoDB; \
+             INSERT INTO {t} VALUES (2, 20)"
+        ))
+        .await
+        .unwrap();
+    collect_until(&mut src, &mut seen, |s| s.items.len() >= 2)
+        .await
+        .unwrap();
+    assert!(seen.events.iter().any(|e| matches!(e,
+        SourceEvent::SnapshotStart { reason, .. } if &**reason == "create or replace")));
+    assert_eq!(
+        seen.items[1].new.as_ref().unwrap().get("w"),
+        Some(&Value::Int(20)),
+        "the new table's columns"
+    );
+    // A session that writes in STATEMENT format: its rows are not in the binlog. A statement
+    // on another table is fine; one on the captured table stops the source.
+    admin
+        .query_drop("SET SESSION binlog_format = 'STATEMENT'")
+        .await
+        .unwrap();
+    admin
+        .query_drop(format!("INSERT INTO {other} VALUES (5)"))
+        .await
+        .unwrap();
+    admin
+        .query_drop(format!("INSERT INTO {t} VALUES (3, 30)"))
+        .await
+        .unwrap();
+    let err = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), src.next()).await {
+            Ok(Ok(Some(ev))) => seen.record(ev),
+            Ok(Ok(None)) => panic!("source ended"),
+            Ok(Err(e)) => break e,
+            Err(_) => panic!("no error after a statement-format write"),
+        }
+    };
+    match err {
+        CdcError::Setting {
+            setting, actual, ..
+        } => {
+            assert_eq!(setting, "binlog_format");
+            assert!(actual.contains(&t), "{actual}");
+        }
+        other => panic!("expected a binlog_format error, got {other:?}"),
+    }
+}
