@@ -1,0 +1,1 @@
+//! The real backend on SQL Server (work in progress; feature `tiberius`).
