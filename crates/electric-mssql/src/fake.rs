@@ -320,7 +320,12 @@ impl Default for FakeCt {
 /// The writes of one [`FakeCt::commit`].
 #[derive(Default)]
 pub struct FakeTx {
-    ops: Vec<(TableRef, Option<Vec<Value>>, Option<Vec<Value>>)>,
+    ops: Vec<Write>,
+}
+
+enum Write {
+    Put(TableRef, Vec<Value>),
+    Delete(TableRef, Vec<Value>),
 }
 
 impl FakeTx {
@@ -330,7 +335,7 @@ impl FakeTx {
     /// On an invalid table name.
     pub fn put(&mut self, table: &str, row: Vec<Value>) {
         self.ops
-            .push((TableRef::parse(table).expect("table name"), Some(row), None));
+            .push(Write::Put(TableRef::parse(table).expect("table name"), row));
     }
 
     /// Deletes the row with this key (key columns in key order); no-op when absent.
@@ -338,8 +343,10 @@ impl FakeTx {
     /// # Panics
     /// On an invalid table name.
     pub fn delete(&mut self, table: &str, key: Vec<Value>) {
-        self.ops
-            .push((TableRef::parse(table).expect("table name"), None, Some(key)));
+        self.ops.push(Write::Delete(
+            TableRef::parse(table).expect("table name"),
+            key,
+        ));
     }
 }
 
@@ -459,10 +466,13 @@ impl FakeCt {
         let mut s = self.lock();
         s.version += 1;
         let v = s.version;
-        for (t, row, key) in tx.ops {
+        for w in tx.ops {
+            let t = match &w {
+                Write::Put(t, _) | Write::Delete(t, _) => t.clone(),
+            };
             let tb = s.tables.get_mut(&t).expect("table exists");
-            match (row, key) {
-                (Some(row), _) => {
+            match w {
+                Write::Put(_, row) => {
                     assert_eq!(row.len(), tb.columns.len(), "row width for {t}");
                     let k = tb.key_of(&row);
                     let existed = tb.rows.insert(k.clone(), row).is_some();
@@ -482,7 +492,7 @@ impl FakeCt {
                         );
                     }
                 }
-                (None, Some(key)) => {
+                Write::Delete(_, key) => {
                     let k = Key(key);
                     if tb.rows.remove(&k).is_some() && tb.tracked {
                         tb.changes.insert(
@@ -495,7 +505,6 @@ impl FakeCt {
                         );
                     }
                 }
-                (None, None) => {}
             }
         }
         v

@@ -19,8 +19,17 @@ fn orders() -> FakeCt {
     db
 }
 
+/// The sink's key of order `id`.
+fn k(id: i64) -> String {
+    key_string(&[Value::Int(id)])
+}
+
 fn assert_equal(db: &FakeCt, sink: &Sink) {
-    assert_eq!(sink.rows(TN), db_rows(db, T, &[0]), "the sink must equal the table");
+    assert_eq!(
+        sink.rows(TN),
+        db_rows(db, T, &[0]),
+        "the sink must equal the table"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -48,10 +57,10 @@ async fn initial_snapshot_then_inserts_updates_deletes() {
     let new: Vec<_> = sink.deliveries[before..].to_vec();
     assert_eq!(new.len(), 3);
     // Key order within the tick; the joined row decides: present ⇒ upsert, absent ⇒ delete.
-    assert_eq!(new[0].key, key_string(&ct_row![2]));
-    assert_eq!(new[1].key, key_string(&ct_row![3]));
+    assert_eq!(new[0].key, k(2));
+    assert_eq!(new[1].key, k(3));
     assert_eq!(new[1].state, None);
-    assert_eq!(new[2].key, key_string(&ct_row![100]));
+    assert_eq!(new[2].key, k(100));
     assert!(new.iter().all(|d| d.cur == v));
     assert_eq!(src.stats().resyncs, 1);
 }
@@ -66,23 +75,35 @@ async fn operations_follow_the_joined_row_and_the_advisory_operation() {
 
     db.commit(|tx| tx.put(T, ct_row![1, "open", 1]));
     let ev = src.next().await.unwrap().unwrap();
-    let SourceEvent::Changes(b) = &ev else { panic!("{ev:?}") };
+    let SourceEvent::Changes(b) = &ev else {
+        panic!("{ev:?}")
+    };
     assert_eq!(b.items[0].op, Op::Insert);
-    assert!(b.checkpoint.is_some(), "the last batch of a tick carries its checkpoint");
+    assert!(
+        b.checkpoint.is_some(),
+        "the last batch of a tick carries its checkpoint"
+    );
     sink.apply(&mut src, ev).await;
 
     db.commit(|tx| tx.put(T, ct_row![1, "open", 2]));
     let ev = src.next().await.unwrap().unwrap();
-    let SourceEvent::Changes(b) = &ev else { panic!("{ev:?}") };
+    let SourceEvent::Changes(b) = &ev else {
+        panic!("{ev:?}")
+    };
     assert_eq!(b.items[0].op, Op::Update);
-    assert_eq!(b.items[0].new.as_ref().unwrap().get("qty"), Some(&Value::Int(2)));
+    assert_eq!(
+        b.items[0].new.as_ref().unwrap().get("qty"),
+        Some(&Value::Int(2))
+    );
     sink.apply(&mut src, ev).await;
 
     // Inserted and deleted between two polls: CHANGETABLE says D; no row ⇒ delete.
     db.commit(|tx| tx.put(T, ct_row![2, "open", 1]));
     db.commit(|tx| tx.delete(T, ct_row![2]));
     let ev = src.next().await.unwrap().unwrap();
-    let SourceEvent::Changes(b) = &ev else { panic!("{ev:?}") };
+    let SourceEvent::Changes(b) = &ev else {
+        panic!("{ev:?}")
+    };
     assert_eq!(b.items.len(), 1);
     assert_eq!(b.items[0].op, Op::Delete);
     assert!(b.items[0].new.is_none());
@@ -107,7 +128,10 @@ async fn idle_polls_read_only_the_current_version_and_back_off_as_the_original()
     assert!(idle.is_err(), "nothing to return while idle");
     let after = db.calls();
     assert_eq!(after.current_version - calls.current_version, 44);
-    assert_eq!(after.begin, calls.begin, "no transaction while the version stands still");
+    assert_eq!(
+        after.begin, calls.begin,
+        "no transaction while the version stands still"
+    );
     assert_eq!(after.min_valid, calls.min_valid);
     assert_eq!(after.changes, calls.changes, "no table queried while idle");
     assert_eq!(src.stats().empty_polls, 45);
@@ -115,7 +139,9 @@ async fn idle_polls_read_only_the_current_version_and_back_off_as_the_original()
     // Another table moves the database version: one tick, nothing for us, still "empty".
     db.commit(|tx| tx.put("dbo.other", ct_row![1]));
     let ev = src.next().await.unwrap().unwrap();
-    let SourceEvent::Changes(b) = &ev else { panic!("{ev:?}") };
+    let SourceEvent::Changes(b) = &ev else {
+        panic!("{ev:?}")
+    };
     assert!(b.items.is_empty() && b.checkpoint.is_some());
     sink.apply(&mut src, ev).await;
     assert_eq!(src.stats().empty_polls, 46);
@@ -153,7 +179,10 @@ async fn retention_cleanup_past_the_checkpoint_resyncs_on_restart() {
     let (_, reason) = sink.resyncs.last().unwrap();
     assert!(reason.contains("expired"), "{reason}");
     assert_equal(&db, &sink);
-    assert!(!sink.rows(TN).contains_key(&key_string(&ct_row![1])), "the delete was not lost");
+    assert!(
+        !sink.rows(TN).contains_key(&k(1)),
+        "the delete was not lost"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -197,7 +226,13 @@ async fn truncate_resyncs_the_table() {
 #[tokio::test(start_paused = true)]
 async fn commits_racing_the_poll_are_not_lost_and_duplicates_stay_in_the_window() {
     for at in [SnapshotAt::FirstRead, SnapshotAt::Begin] {
-        for point in [Call::CurrentVersion, Call::Begin, Call::MinValid, Call::Changes, Call::Commit] {
+        for point in [
+            Call::CurrentVersion,
+            Call::Begin,
+            Call::MinValid,
+            Call::Changes,
+            Call::Commit,
+        ] {
             let db = orders();
             db.set_snapshot_at(at);
             db.commit(|tx| tx.put(T, ct_row![1, "open", 1]));
@@ -223,13 +258,16 @@ async fn commits_racing_the_poll_are_not_lost_and_duplicates_stay_in_the_window(
             }
             for (key, curs) in &seen {
                 if curs.len() > 1 {
-                    assert_eq!(key, &key_string(&ct_row![3]), "{at:?}/{point:?}: {seen:?}");
+                    assert_eq!(key, &k(3), "{at:?}/{point:?}: {seen:?}");
                     assert_eq!(curs.len(), 2, "{at:?}/{point:?}: {seen:?}");
-                    assert!(curs[0] < raced_version, "first read in the window above cur");
+                    assert!(
+                        curs[0] < raced_version,
+                        "first read in the window above cur"
+                    );
                     assert!(curs[1] >= raced_version);
                 }
             }
-            assert!(seen.contains_key(&key_string(&ct_row![3])), "{at:?}/{point:?}");
+            assert!(seen.contains_key(&k(3)), "{at:?}/{point:?}");
         }
     }
 }
@@ -241,7 +279,11 @@ async fn random_restarts_failures_cleanup_and_truncate_lose_nothing() {
     for seed in 1..=8u64 {
         let db = FakeCt::new();
         db.create_table(T, &["id", "status", "qty"], &["id"]);
-        db.create_table("dbo.lines", &["order_id", "line", "sku"], &["order_id", "line"]);
+        db.create_table(
+            "dbo.lines",
+            &["order_id", "line", "sku"],
+            &["order_id", "line"],
+        );
         let key_lines = [0usize, 1];
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut sink = Sink::default();
@@ -266,21 +308,35 @@ async fn random_restarts_failures_cleanup_and_truncate_lose_nothing() {
                 }
                 50..=54 => {
                     let v = db.version();
-                    db.cleanup(if rng.below(2) == 0 { T } else { "dbo.lines" }, v.saturating_sub(rng.below(4)));
+                    db.cleanup(
+                        if rng.below(2) == 0 { T } else { "dbo.lines" },
+                        v.saturating_sub(rng.below(4)),
+                    );
                 }
                 55 => {
                     db.truncate(if rng.below(2) == 0 { T } else { "dbo.lines" });
                 }
                 56..=60 => {
-                    let call = [Call::CurrentVersion, Call::Begin, Call::MinValid, Call::Changes, Call::Scan, Call::Commit]
-                        [rng.below(6) as usize];
+                    let call = [
+                        Call::CurrentVersion,
+                        Call::Begin,
+                        Call::MinValid,
+                        Call::Changes,
+                        Call::Scan,
+                        Call::Commit,
+                    ][rng.below(6) as usize];
                     db.fail_next(call);
                 }
                 61..=64 => {
                     let v = db.version();
                     let c = db.clone();
-                    let call = [Call::CurrentVersion, Call::Begin, Call::MinValid, Call::Changes, Call::Scan]
-                        [rng.below(5) as usize];
+                    let call = [
+                        Call::CurrentVersion,
+                        Call::Begin,
+                        Call::MinValid,
+                        Call::Changes,
+                        Call::Scan,
+                    ][rng.below(5) as usize];
                     db.inject(call, move |_| {
                         c.commit(|tx| tx.put(T, ct_row![(v % 20) as i64, "raced", 0]));
                     });
@@ -365,15 +421,21 @@ async fn a_changed_configuration_resyncs_every_table() {
         sync_to(&mut src, &mut sink, db.version()).await;
     }
     let mut src = MssqlChangeSource::builder(db.backend())
-        .table(TrackedTable::new(T).unwrap().columns(&["id", "status", "qty"]).unwrap().filter(
-            electric_mssql::Filter::eq("status", "open").unwrap(),
-        ))
+        .table(
+            TrackedTable::new(T)
+                .unwrap()
+                .columns(&["id", "status", "qty"])
+                .unwrap()
+                .filter(electric_mssql::Filter::eq("status", "open").unwrap()),
+        )
         .build()
         .unwrap();
     sink.restarted();
     src.start(sink.checkpoint.clone()).await.unwrap();
     let ev = src.next().await.unwrap().unwrap();
-    let SourceEvent::SnapshotStart { reason, .. } = ev else { panic!("{ev:?}") };
+    let SourceEvent::SnapshotStart { reason, .. } = ev else {
+        panic!("{ev:?}")
+    };
     assert!(reason.contains("configuration changed"), "{reason}");
 
     // The same configuration again: no resync.
@@ -404,18 +466,26 @@ async fn the_filter_applies_to_the_current_row_leaving_reads_as_delete() {
         .unwrap()
         .filter(electric_mssql::Filter::eq("status", "open").unwrap())
         .lookup(
-            electric_mssql::Lookup::new("names", "dbo.status_names", &["status", "label"], &[("status", "status")])
-                .unwrap(),
+            electric_mssql::Lookup::new(
+                "names",
+                "dbo.status_names",
+                &["status", "label"],
+                &[("status", "status")],
+            )
+            .unwrap(),
         )
         .with_change_columns();
-    let mut src = MssqlChangeSource::builder(db.backend()).table(spec).build().unwrap();
+    let mut src = MssqlChangeSource::builder(db.backend())
+        .table(spec)
+        .build()
+        .unwrap();
     src.start(None).await.unwrap();
     let mut sink = Sink::default();
     sync_to(&mut src, &mut sink, db.version()).await;
     let rows = sink.rows(TN);
     assert_eq!(rows.len(), 1, "only open orders: {rows:?}");
     assert_eq!(
-        rows[&key_string(&ct_row![1])],
+        rows[&k(1)],
         ct_row![1, "open", "Open order"],
         "qty, then the lookup's columns"
     );
@@ -426,11 +496,14 @@ async fn the_filter_applies_to_the_current_row_leaving_reads_as_delete() {
     sync_to(&mut src, &mut sink, v).await;
     let rows = sink.rows(TN);
     assert_eq!(rows.len(), 1);
-    let r = &rows[&key_string(&ct_row![2])];
+    let r = &rows[&k(2)];
     assert_eq!(&r[..3], &ct_row![20, "open", "Open order"][..]);
     assert_eq!(r[3], Value::Int(v as i64), "SYS_CHANGE_VERSION");
     assert_eq!(r[4], Value::Text("U".into()), "SYS_CHANGE_OPERATION");
-    assert_eq!(src.queries()[0].column_names(), vec!["qty", "names.status", "names.label"]);
+    assert_eq!(
+        src.queries()[0].column_names(),
+        vec!["qty", "names.status", "names.label"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -444,29 +517,56 @@ async fn start_names_what_is_missing() {
             .unwrap();
         async move { s.start(None).await }
     };
-    db.set_settings(DbSettings { snapshot_isolation: false, change_tracking: true });
+    db.set_settings(DbSettings {
+        snapshot_isolation: false,
+        change_tracking: true,
+    });
     let e = start(&db, T).await.unwrap_err();
-    assert!(matches!(&e, CdcError::Setting { setting, .. } if setting == "ALLOW_SNAPSHOT_ISOLATION"), "{e}");
-    db.set_settings(DbSettings { snapshot_isolation: true, change_tracking: false });
+    assert!(
+        matches!(&e, CdcError::Setting { setting, .. } if setting == "ALLOW_SNAPSHOT_ISOLATION"),
+        "{e}"
+    );
+    db.set_settings(DbSettings {
+        snapshot_isolation: true,
+        change_tracking: false,
+    });
     let e = start(&db, T).await.unwrap_err();
-    assert!(matches!(&e, CdcError::Setting { setting, .. } if setting.contains("CHANGE_TRACKING")), "{e}");
-    db.set_settings(DbSettings { snapshot_isolation: true, change_tracking: true });
+    assert!(
+        matches!(&e, CdcError::Setting { setting, .. } if setting.contains("CHANGE_TRACKING")),
+        "{e}"
+    );
+    db.set_settings(DbSettings {
+        snapshot_isolation: true,
+        change_tracking: true,
+    });
 
     let e = start(&db, "dbo.missing").await.unwrap_err();
-    assert!(matches!(&e, CdcError::Table { reason, .. } if reason.contains("not found")), "{e}");
+    assert!(
+        matches!(&e, CdcError::Table { reason, .. } if reason.contains("not found")),
+        "{e}"
+    );
     db.create_table("dbo.nokey", &["a"], &[]);
     let e = start(&db, "dbo.nokey").await.unwrap_err();
-    assert!(matches!(&e, CdcError::Table { reason, .. } if reason.contains("primary key")), "{e}");
+    assert!(
+        matches!(&e, CdcError::Table { reason, .. } if reason.contains("primary key")),
+        "{e}"
+    );
     db.set_tracked(T, false);
     let e = start(&db, T).await.unwrap_err();
-    assert!(matches!(&e, CdcError::Setting { setting, .. } if setting.contains("dbo.orders")), "{e}");
+    assert!(
+        matches!(&e, CdcError::Setting { setting, .. } if setting.contains("dbo.orders")),
+        "{e}"
+    );
     db.set_tracked(T, true);
     let mut s = MssqlChangeSource::builder(db.backend())
         .table(TrackedTable::new(T).unwrap().columns(&["nope"]).unwrap())
         .build()
         .unwrap();
     let e = s.start(None).await.unwrap_err();
-    assert!(matches!(&e, CdcError::Table { reason, .. } if reason.contains("nope")), "{e}");
+    assert!(
+        matches!(&e, CdcError::Table { reason, .. } if reason.contains("nope")),
+        "{e}"
+    );
     assert!(!e.is_retryable());
 }
 
@@ -476,7 +576,10 @@ async fn bad_positions_and_misuse_are_typed_errors() {
     let mut src = source(&db, &[T], 10);
     assert!(matches!(src.next().await, Err(CdcError::Config(_))));
     let bad = electric_core::cdc::Position::from_bytes(vec![9, 9, 9]);
-    assert!(matches!(src.start(Some(bad.clone())).await, Err(CdcError::BadPosition { .. })));
+    assert!(matches!(
+        src.start(Some(bad.clone())).await,
+        Err(CdcError::BadPosition { .. })
+    ));
     src.start(None).await.unwrap();
     let mut sink = Sink::default();
     sync_to(&mut src, &mut sink, db.version()).await;
@@ -484,19 +587,37 @@ async fn bad_positions_and_misuse_are_typed_errors() {
     db.commit(|tx| tx.put(T, ct_row![1, "open", 1]));
     sync_to(&mut src, &mut sink, db.version()).await;
     let item = sink.deliveries.last().unwrap().position.clone();
-    assert!(matches!(src.ack(&item).await, Err(CdcError::BadPosition { .. })));
-    assert!(matches!(src.ack(&bad).await, Err(CdcError::BadPosition { .. })));
+    assert!(matches!(
+        src.ack(&item).await,
+        Err(CdcError::BadPosition { .. })
+    ));
+    assert!(matches!(
+        src.ack(&bad).await,
+        Err(CdcError::BadPosition { .. })
+    ));
     let mut other = source(&db, &[T], 10);
-    assert!(matches!(other.start(Some(item)).await, Err(CdcError::BadPosition { .. })));
+    assert!(matches!(
+        other.start(Some(item)).await,
+        Err(CdcError::BadPosition { .. })
+    ));
     assert_eq!(src.acked(), sink.checkpoint.as_ref());
 
     // Builder validation.
     let b = || MssqlChangeSource::builder(db.backend());
     assert!(matches!(b().build(), Err(CdcError::Config(_))));
     let t = || TrackedTable::new(T).unwrap();
-    assert!(matches!(b().table(t()).table(t()).build(), Err(CdcError::Config(_))));
-    assert!(matches!(b().table(t()).batch_size(0).build(), Err(CdcError::Config(_))));
-    assert!(matches!(b().table(t()).name("").build(), Err(CdcError::Config(_))));
+    assert!(matches!(
+        b().table(t()).table(t()).build(),
+        Err(CdcError::Config(_))
+    ));
+    assert!(matches!(
+        b().table(t()).batch_size(0).build(),
+        Err(CdcError::Config(_))
+    ));
+    assert!(matches!(
+        b().table(t()).name("").build(),
+        Err(CdcError::Config(_))
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -510,7 +631,10 @@ async fn a_version_going_back_is_history_lost() {
     let mut sink = Sink::default();
     sync_to(&mut src, &mut sink, db.version()).await;
     db.set_version(1);
-    let e = tokio::time::timeout(Duration::from_secs(60), src.next()).await.unwrap().unwrap_err();
+    let e = tokio::time::timeout(Duration::from_secs(60), src.next())
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(e, CdcError::HistoryLost(_)), "{e}");
 }
 
@@ -541,14 +665,18 @@ async fn a_failed_call_mid_tick_restarts_the_tick_with_higher_positions() {
     assert_eq!(errors, 1);
     assert_equal(&db, &sink);
     // Key 0 came twice (first tick, then the restarted tick) with increasing positions.
-    let k0: Vec<_> = sink.deliveries.iter().filter(|d| d.key == key_string(&ct_row![0])).collect();
+    let k0: Vec<_> = sink.deliveries.iter().filter(|d| d.key == k(0)).collect();
     assert_eq!(k0.len(), 2, "{k0:?}");
     let (a, b) = (
         electric_mssql::MssqlPosition::decode(&k0[0].position).unwrap(),
         electric_mssql::MssqlPosition::decode(&k0[1].position).unwrap(),
     );
     assert_eq!((a.version, a.cycle), (v, 0));
-    assert_eq!((b.version, b.cycle), (v, 1), "the same version, the next cycle");
+    assert_eq!(
+        (b.version, b.cycle),
+        (v, 1),
+        "the same version, the next cycle"
+    );
 }
 
 /// A backend whose changes pages take a second, so a call can be cancelled inside one.
@@ -556,10 +684,15 @@ struct Slow(electric_mssql::fake::FakeCtBackend);
 
 #[async_trait::async_trait]
 impl CtBackend for Slow {
-    async fn database_settings(&mut self) -> electric_core::cdc::CdcResult<electric_mssql::DbSettings> {
+    async fn database_settings(
+        &mut self,
+    ) -> electric_core::cdc::CdcResult<electric_mssql::DbSettings> {
         self.0.database_settings().await
     }
-    async fn describe(&mut self, t: &electric_mssql::TableRef) -> electric_core::cdc::CdcResult<Option<electric_mssql::TableInfo>> {
+    async fn describe(
+        &mut self,
+        t: &electric_mssql::TableRef,
+    ) -> electric_core::cdc::CdcResult<Option<electric_mssql::TableInfo>> {
         self.0.describe(t).await
     }
     async fn current_version(&mut self) -> electric_core::cdc::CdcResult<Option<u64>> {
@@ -568,7 +701,10 @@ impl CtBackend for Slow {
     async fn begin_snapshot(&mut self) -> electric_core::cdc::CdcResult<()> {
         self.0.begin_snapshot().await
     }
-    async fn min_valid_version(&mut self, t: &electric_mssql::TableRef) -> electric_core::cdc::CdcResult<Option<u64>> {
+    async fn min_valid_version(
+        &mut self,
+        t: &electric_mssql::TableRef,
+    ) -> electric_core::cdc::CdcResult<Option<u64>> {
         self.0.min_valid_version(t).await
     }
     async fn changes_since(
@@ -613,7 +749,9 @@ async fn next_is_cancel_safe() {
     sync_to(&mut src, &mut sink, db.version()).await;
 
     // Cancelled during the idle backoff: nothing lost.
-    assert!(tokio::time::timeout(Duration::from_millis(5), src.next()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(5), src.next())
+        .await
+        .is_err());
     db.commit(|tx| tx.put(T, ct_row![1, "open", 1]));
     db.commit(|tx| tx.put(T, ct_row![2, "open", 2]));
     // Cancelled inside a changes page: the next call resets the backend and starts the tick
@@ -651,9 +789,21 @@ impl Original {
             .await
             .unwrap()
             .unwrap();
-        let q = TableQuery::resolve(&TrackedTable::new(T).unwrap(), &info.key, &info.columns, None).unwrap();
+        let q = TableQuery::resolve(
+            &TrackedTable::new(T).unwrap(),
+            &info.key,
+            &info.columns,
+            None,
+        )
+        .unwrap();
         let version = backend.current_version().await.unwrap().unwrap();
-        Self { backend, q, version, page, rows: Default::default() }
+        Self {
+            backend,
+            q,
+            version,
+            page,
+            rows: Default::default(),
+        }
     }
 
     async fn poll(&mut self) {
@@ -679,7 +829,8 @@ impl Original {
         for r in all {
             let Value::Int(v) = r.version else { panic!() };
             self.version = self.version.max(v as u64);
-            self.rows.insert(key_string(&r.key), r.present.then_some(r.columns));
+            self.rows
+                .insert(key_string(&r.key), r.present.then_some(r.columns));
         }
     }
 
@@ -712,7 +863,7 @@ async fn flaw_one_max_version_of_a_non_snapshot_read_skips_a_row_for_ever() {
     }
     let expected = db_rows(&db, T, &[0]);
     assert_ne!(naive.table(), expected, "the original's rule loses key 1");
-    assert!(!naive.table().contains_key(&key_string(&ct_row![1])));
+    assert!(!naive.table().contains_key(&k(1)));
 
     // The rule: the same script, nothing lost.
     let db = orders();
@@ -740,7 +891,10 @@ async fn flaw_two_refreshing_the_version_on_an_empty_poll_skips_a_commit() {
     for _ in 0..5 {
         naive.poll().await;
     }
-    assert!(naive.table().is_empty(), "the original's rule loses the commit");
+    assert!(
+        naive.table().is_empty(),
+        "the original's rule loses the commit"
+    );
     assert_ne!(naive.table(), db_rows(&db, T, &[0]));
 
     // The rule reads CURRENT_VERSION first: nothing lost. (Its first tick after the load only
@@ -765,8 +919,18 @@ async fn reading_the_version_inside_a_begin_snapshot_would_lose_a_commit() {
     let db = orders();
     db.set_snapshot_at(SnapshotAt::Begin);
     let mut b = db.backend();
-    let info = b.describe(&electric_mssql::TableRef::parse(T).unwrap()).await.unwrap().unwrap();
-    let q = TableQuery::resolve(&TrackedTable::new(T).unwrap(), &info.key, &info.columns, None).unwrap();
+    let info = b
+        .describe(&electric_mssql::TableRef::parse(T).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let q = TableQuery::resolve(
+        &TrackedTable::new(T).unwrap(),
+        &info.key,
+        &info.columns,
+        None,
+    )
+    .unwrap();
     let last = db.commit(|tx| tx.put(T, ct_row![1, "open", 1]));
     db.commit(|tx| tx.put(T, ct_row![2, "open", 2]));
     db.inject(Call::Begin, |db| {
@@ -776,7 +940,11 @@ async fn reading_the_version_inside_a_begin_snapshot_would_lose_a_commit() {
     let cur = b.current_version().await.unwrap().unwrap();
     let rows = b.changes_since(&q, last, None, 100).await.unwrap();
     b.commit().await.unwrap();
-    assert_eq!(cur, db.version(), "the live version includes the raced commit");
+    assert_eq!(
+        cur,
+        db.version(),
+        "the live version includes the raced commit"
+    );
     assert!(
         rows.iter().all(|r| r.key != ct_row![3]),
         "the snapshot does not: resuming from cur would skip key 3"

@@ -44,7 +44,10 @@ impl Sink {
             }
             SourceEvent::SnapshotEnd { table } => {
                 let t = table.to_string();
-                let seen = self.snapshot.remove(&t).expect("SnapshotEnd after SnapshotStart");
+                let seen = self
+                    .snapshot
+                    .remove(&t)
+                    .expect("SnapshotEnd after SnapshotStart");
                 if let Some(docs) = self.docs.get_mut(&t) {
                     docs.retain(|k, _| seen.contains(k));
                 }
