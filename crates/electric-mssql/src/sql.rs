@@ -904,13 +904,10 @@ pub fn min_valid_version_sql(table: &TableRef) -> Sql {
     }
 }
 
-/// Starts the read transaction: `SET TRANSACTION ISOLATION LEVEL SNAPSHOT; BEGIN TRANSACTION`.
-pub const BEGIN_SNAPSHOT_SQL: &str = "SET TRANSACTION ISOLATION LEVEL SNAPSHOT; BEGIN TRANSACTION";
-/// Ends it and puts the session back to the default isolation level.
-pub const COMMIT_SQL: &str = "COMMIT TRANSACTION; SET TRANSACTION ISOLATION LEVEL READ COMMITTED";
-/// Abandons it (after an error).
-pub const ROLLBACK_SQL: &str =
-    "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION; SET TRANSACTION ISOLATION LEVEL READ COMMITTED";
+/// Run after the read transaction ends (the transaction itself is begun, committed and rolled
+/// back with TDS transaction-manager requests, `SNAPSHOT` isolation requested in the begin), so
+/// the session's autocommit reads use the default level again.
+pub const RESET_ISOLATION_SQL: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED";
 
 /// The table's columns in order, with their primary-key ordinal (0 when not in the key), and
 /// whether change tracking is on for it. Returns no row when the table does not exist.
