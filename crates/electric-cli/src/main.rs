@@ -4,6 +4,7 @@
 mod bench;
 mod bench_kv;
 mod bus_cmds;
+mod cdc;
 mod demo;
 mod redis_cmds;
 
@@ -43,6 +44,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The message bus (NATS JetStream, Pulsar, in-memory): publish, consume, bench.
     Bus(bus_cmds::BusArgs),
+    /// Change data capture: a PostgreSQL or MariaDB table into a section's documents (demo,
+    /// bench, and a long-running connector; `cdc demo` runs embedded with no server).
+    Cdc(cdc::CdcArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +69,7 @@ fn main() -> std::process::ExitCode {
             Command::Hammer(args) => redis_cmds::hammer(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Bus(args) => bus_cmds::run(args).await,
+            Command::Cdc(args) => cdc::run(args).await,
         }
     });
     match result {
