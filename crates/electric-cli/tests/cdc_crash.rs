@@ -1,11 +1,11 @@
-//! Crash test: `electric cdc connector` (PostgreSQL → Redis) is killed with SIGKILL at least 5
+//! Crash test: `electric cdc connector` (PostgreSQL → Redis, and MariaDB → Redis) is killed with SIGKILL at least 5
 //! times while a writer changes rows, and restarted each time. Afterwards every document equals
 //! its row and no change was applied twice: the mapping bumps a document's `applied` member on
 //! every application, and each row's `counter` is bumped by every update, so a document must
 //! hold `applied == counter + 1`.
 //!
-//! Runs against the services' PostgreSQL and Redis (`ELECTRIC_TEST_PG_URL`,
-//! `ELECTRIC_TEST_REDIS_URL`); skips when they are unreachable unless
+//! The same on MariaDB (binlog source). Runs against the services' PostgreSQL, MariaDB and Redis
+//! (`ELECTRIC_TEST_PG_URL`, `ELECTRIC_TEST_MARIADB_URL`, `ELECTRIC_TEST_REDIS_URL`); skips when they are unreachable unless
 //! `ELECTRIC_TEST_REQUIRE_SERVICES=1`.
 
 use std::collections::BTreeMap;
@@ -20,6 +20,7 @@ use electric::redis::RedisStore;
 use electric::DataManager;
 use electric_postgres::{PgChangeSource, PgSourceConfig, TableConfig};
 use electric_testkit::services::{service_url, skip_or_fail};
+use mysql_async::prelude::Queryable;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value as Json;
@@ -77,18 +78,85 @@ async fn wait_file(path: &Path, within: Duration) -> bool {
 
 type Rows = BTreeMap<i64, (i64, String)>;
 
-async fn rows(c: &tokio_postgres::Client, table: &str) -> Rows {
-    c.query(&format!("SELECT id, counter, val FROM \"{table}\""), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, i64>(0),
-                (r.get::<_, i64>(1), r.get::<_, String>(2)),
-            )
-        })
-        .collect()
+/// The database under the connector.
+enum Db {
+    Pg(tokio_postgres::Client),
+    My(mysql_async::Pool),
+}
+
+impl Db {
+    async fn connect(kind: &str, url: &str) -> Result<Self, String> {
+        if kind == "pg" {
+            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Db::Pg(c))
+        } else {
+            let pool = mysql_async::Pool::new(
+                mysql_async::Opts::from_url(url).map_err(|e| e.to_string())?,
+            );
+            pool.get_conn().await.map_err(|e| e.to_string())?;
+            Ok(Db::My(pool))
+        }
+    }
+
+    fn quote(&self, table: &str) -> String {
+        match self {
+            Db::Pg(_) => format!("\"{table}\""),
+            Db::My(_) => format!("`{table}`"),
+        }
+    }
+
+    /// Runs `stmts` in one transaction.
+    async fn txn(&self, stmts: &[String]) {
+        match self {
+            Db::Pg(c) => {
+                let sql = if stmts.len() == 1 {
+                    stmts[0].clone()
+                } else {
+                    format!("BEGIN; {}; COMMIT", stmts.join("; "))
+                };
+                c.batch_execute(&sql).await.unwrap();
+            }
+            Db::My(p) => {
+                let mut c = p.get_conn().await.unwrap();
+                let mut tx = c
+                    .start_transaction(mysql_async::TxOpts::default())
+                    .await
+                    .unwrap();
+                for st in stmts {
+                    tx.query_drop(st).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        }
+    }
+
+    async fn rows(&self, table: &str) -> Rows {
+        let sql = format!("SELECT id, counter, val FROM {}", self.quote(table));
+        match self {
+            Db::Pg(c) => c
+                .query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r.get::<_, i64>(0),
+                        (r.get::<_, i64>(1), r.get::<_, String>(2)),
+                    )
+                })
+                .collect(),
+            Db::My(p) => {
+                let mut c = p.get_conn().await.unwrap();
+                let rows: Vec<(i64, i64, String)> = c.query(sql).await.unwrap();
+                rows.into_iter().map(|(i, n, v)| (i, (n, v))).collect()
+            }
+        }
+    }
 }
 
 /// Every document against its row; `Err` names the first difference. Also returns the number of
@@ -128,17 +196,30 @@ async fn check(store: &Arc<RedisStore>, section: &str, rows: &Rows) -> Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_connector_killed_repeatedly_applies_every_change_exactly_once() {
-    let pg_url = service_url("PG", "postgres://postgres@127.0.0.1:5432/test");
+async fn postgres_the_connector_killed_repeatedly_applies_every_change_exactly_once() {
+    crash_run("pg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_the_connector_killed_repeatedly_applies_every_change_exactly_once() {
+    crash_run("mysql").await;
+}
+
+async fn crash_run(kind: &str) {
+    let pg_url = if kind == "pg" {
+        service_url("PG", "postgres://postgres@127.0.0.1:5432/test")
+    } else {
+        service_url("MARIADB", "mysql://root@127.0.0.1:3306/test")
+    };
     let redis_url = service_url("REDIS", "redis://127.0.0.1:6379");
-    let pg = match tokio_postgres::connect(&pg_url, tokio_postgres::NoTls).await {
-        Ok((c, conn)) => {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            c
-        }
-        Err(e) => return skip_or_fail("PostgreSQL", &format!("{pg_url}: {e}")),
+    let service = if kind == "pg" {
+        "PostgreSQL"
+    } else {
+        "MariaDB"
+    };
+    let pg = match Db::connect(kind, &pg_url).await {
+        Ok(db) => db,
+        Err(e) => return skip_or_fail(service, &format!("{pg_url}: {e}")),
     };
     let namespace = electric_testkit::unique("cdc-crash");
     let store = match RedisStore::builder(&redis_url)
@@ -151,19 +232,20 @@ async fn the_connector_killed_repeatedly_applies_every_change_exactly_once() {
     };
     let table = format!("cdc_crash_{:08x}", rand::random::<u32>());
     let (slot, publication) = (format!("s_{table}"), format!("p_{table}"));
-    pg.batch_execute(&format!(
-        "CREATE TABLE \"{table}\" (id int8 PRIMARY KEY, counter int8 NOT NULL, val text NOT NULL, \
-         ts_us int8 NOT NULL)"
-    ))
-    .await
-    .unwrap();
+    let q = pg.quote(&table);
+    pg.txn(&[format!(
+        "CREATE TABLE {q} (id BIGINT PRIMARY KEY, counter BIGINT NOT NULL, val VARCHAR(32) NOT NULL, \
+         ts_us BIGINT NOT NULL)"
+    )])
+    .await;
     let dir = std::env::temp_dir().join(format!("electric-{table}"));
     let _ = std::fs::remove_dir_all(&dir);
+    let flag = if kind == "pg" { "--pg" } else { "--mysql" };
     let mut conn = Connector {
         args: [
             "cdc",
             "connector",
-            "--pg",
+            flag,
             &pg_url,
             "--redis",
             &redis_url,
@@ -202,15 +284,11 @@ async fn the_connector_killed_repeatedly_applies_every_change_exactly_once() {
         let stop = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
         let writer = {
-            let (stop, written, url, table) =
-                (stop.clone(), written.clone(), pg_url.clone(), table.clone());
+            let (stop, written, url, q) =
+                (stop.clone(), written.clone(), pg_url.clone(), q.clone());
+            let kind = kind.to_string();
             tokio::spawn(async move {
-                let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                let db = Db::connect(&kind, &url).await.unwrap();
                 let mut rng = SmallRng::seed_from_u64(13);
                 let mut live = vec![false; KEYS as usize];
                 while !stop.load(Ordering::Relaxed) {
@@ -223,18 +301,17 @@ async fn the_connector_killed_repeatedly_applies_every_change_exactly_once() {
                         let i = id as usize;
                         stmts.push(if !next[i] {
                             next[i] = true;
-                            format!("INSERT INTO \"{table}\" VALUES ({id}, 0, 'v{v}', 0)")
+                            format!("INSERT INTO {q} VALUES ({id}, 0, 'v{v}', 0)")
                         } else if rng.gen_bool(0.1) {
                             next[i] = false;
-                            format!("DELETE FROM \"{table}\" WHERE id = {id}")
+                            format!("DELETE FROM {q} WHERE id = {id}")
                         } else {
                             format!(
-                                "UPDATE \"{table}\" SET counter = counter + 1, val = 'v{v}' WHERE id = {id}"
+                                "UPDATE {q} SET counter = counter + 1, val = 'v{v}' WHERE id = {id}"
                             )
                         });
                     }
-                    let sql = format!("BEGIN; {}; COMMIT", stmts.join("; "));
-                    c.batch_execute(&sql).await.unwrap();
+                    db.txn(&stmts).await;
                     live = next;
                     written.fetch_add(n, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -257,7 +334,7 @@ async fn the_connector_killed_repeatedly_applies_every_change_exactly_once() {
         stop.store(true, Ordering::Relaxed);
         writer.await.map_err(|e| e.to_string())?;
         let total = written.load(Ordering::Relaxed);
-        let truth = rows(&pg, &table).await;
+        let truth = pg.rows(&table).await;
         // Converge: the restarted connector catches up.
         let end = Instant::now() + Duration::from_secs(90);
         let mut last = Err(String::new());
@@ -278,17 +355,19 @@ async fn the_connector_killed_repeatedly_applies_every_change_exactly_once() {
     conn.kill();
     let log = std::fs::read_to_string(&conn.log).unwrap_or_default();
     // Cleanup: slot, publication, table, namespace, files.
-    let mut src = PgChangeSource::new(PgSourceConfig::new(
-        &pg_url,
-        &slot,
-        &publication,
-        vec![TableConfig::new("public", &table)],
-    ))
-    .unwrap();
-    let dropped = src.drop_slot_and_publication().await;
-    let _ = pg
-        .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
-        .await;
+    let dropped = if kind == "pg" {
+        let mut src = PgChangeSource::new(PgSourceConfig::new(
+            &pg_url,
+            &slot,
+            &publication,
+            vec![TableConfig::new("public", &table)],
+        ))
+        .unwrap();
+        src.drop_slot_and_publication().await
+    } else {
+        Ok(())
+    };
+    pg.txn(&[format!("DROP TABLE IF EXISTS {q}")]).await;
     let _ = store.purge_namespace().await;
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&conn.log);
