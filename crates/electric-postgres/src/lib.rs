@@ -3,6 +3,8 @@
 //! plugin (protocol v1), and [`pgoutput`], our own decoder for its messages.
 //!
 //! # Server settings and rights
+//! - PostgreSQL 15 or later (column lists, row filters, the `CREATE_REPLICATION_SLOT` option
+//!   list); older servers fail with `CdcError::Setting` naming `server_version_num`.
 //! - `wal_level = logical` (needs a restart); otherwise `start` fails with
 //!   [`CdcError::Setting`](electric_core::cdc::CdcError::Setting) naming `wal_level`.
 //! - Free `max_replication_slots` and `max_wal_senders` (one each per source).

@@ -407,6 +407,15 @@ impl PgChangeSource {
                 needed: "logical (set it in postgresql.conf and restart the server)".into(),
             });
         }
+        // Column lists, row filters and CREATE_REPLICATION_SLOT's option list need 15.
+        let version = show(&client, "server_version_num").await?;
+        if version.parse::<u32>().unwrap_or(0) < 150_000 {
+            return Err(CdcError::Setting {
+                setting: "server_version_num".into(),
+                actual: version,
+                needed: "150000 or later (PostgreSQL 15+)".into(),
+            });
+        }
         let rights = client
             .query_one(
                 "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
