@@ -65,10 +65,12 @@
 //!   `Unavailable`; the restart then re-snapshots. Unknown server errors are reported as
 //!   `Unavailable` with the server's message; a row over `max_message_bytes` is a permanent
 //!   `Malformed` error (raise the limit).
-//! - **Caveat for sinks:** a crash *during* a re-snapshot leaves the caller's previous
-//!   checkpoint, which the recreated slot accepts; the sink must remember that a snapshot was
-//!   in progress (between `SnapshotStart` and the snapshot's checkpoint) and restart with
-//!   `None` then. An initial snapshot has no such issue (no checkpoint yet).
+//! - **Slot epoch.** Before (re)creating the slot, the source records the current WAL position
+//!   in the publication's comment (`electric slot <slot> epoch <lsn>`). A checkpoint below it
+//!   belongs to an earlier slot — a crash during a re-snapshot leaves the previous checkpoint
+//!   behind — and is answered with a new snapshot (reason `"slot recreated"`) instead of
+//!   resuming on a slot that never held its changes. Without ownership of the publication the
+//!   comment cannot be written (a warning) and this detection is off.
 //!
 //! # Tested
 //! Against PostgreSQL 15 (`.ci/services`, `ELECTRIC_TEST_PG_URL`): snapshot then stream, the

@@ -458,6 +458,15 @@ impl PgChangeSource {
             }
             _ => None,
         };
+        // A checkpoint older than the slot's epoch belongs to an earlier slot (one recreated by
+        // a snapshot that did not reach its checkpoint): the new slot cannot serve it.
+        if plan_reason.is_none() {
+            if let (Some(resume), Some(epoch)) = (resume, self.slot_epoch(&client).await?) {
+                if resume < epoch {
+                    plan_reason = Some("slot recreated");
+                }
+            }
+        }
 
         let (ack_tx, ack_rx) = watch::channel(0u64);
         let (tx, rx) = mpsc::channel(self.cfg.buffered_batches);
@@ -485,6 +494,7 @@ impl PgChangeSource {
 
         let mut snapshot = None;
         if let Some(reason) = plan_reason {
+            self.set_slot_epoch(&client).await?;
             if slot.is_some() || reason == "slot invalidated" {
                 wait_slot_inactive(&client, &self.cfg.slot).await?;
                 client
@@ -576,6 +586,54 @@ impl PgChangeSource {
         self.rx = Some(rx);
         self.driver = Some(tokio::spawn(driver.run(snapshot)));
         Ok(())
+    }
+
+    fn epoch_prefix(&self) -> String {
+        format!("electric slot {} epoch ", self.cfg.slot)
+    }
+
+    /// Before a slot is (re)created, the publication's comment records the current WAL
+    /// position: the new slot's consistent point lies after it, every checkpoint of an earlier
+    /// slot before it. Written first, so no crash can leave a new slot without its epoch. Not
+    /// the publication's owner: a warning, and no detection.
+    async fn set_slot_epoch(&self, client: &Client) -> CdcResult<()> {
+        let lsn: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| pg_err("reading the WAL position", e))?
+            .get(0);
+        let sql = format!(
+            "COMMENT ON PUBLICATION {} IS {}",
+            quote_ident(&self.cfg.publication)?,
+            crate::config::quote_literal(&format!("{}{lsn}", self.epoch_prefix()))?
+        );
+        if let Err(e) = client.batch_execute(&sql).await {
+            match pg_err("recording the slot epoch", e) {
+                CdcError::Permission { detail, .. } => {
+                    tracing::warn!(%detail, "cannot record the slot epoch on the publication");
+                }
+                other => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// The slot epoch recorded on the publication, if any.
+    async fn slot_epoch(&self, client: &Client) -> CdcResult<Option<u64>> {
+        let row = client
+            .query_opt(
+                "SELECT obj_description(oid, 'pg_publication') FROM pg_publication \
+                 WHERE pubname = $1",
+                &[&self.cfg.publication],
+            )
+            .await
+            .map_err(|e| pg_err("reading the slot epoch", e))?;
+        let comment: Option<String> = row.and_then(|r| r.get(0));
+        Ok(comment
+            .as_deref()
+            .and_then(|c| c.strip_prefix(&self.epoch_prefix()))
+            .and_then(|lsn| Lsn::parse(lsn.trim()).ok())
+            .map(Lsn::as_u64))
     }
 
     /// Creates the publication when missing. On a fresh start (`reset`) an existing one is set
