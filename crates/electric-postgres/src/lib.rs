@@ -49,7 +49,10 @@
 //!   elsewhere) retains no WAL.
 //! - **TOAST**: an unchanged TOASTed column arrives as
 //!   [`Value::Unchanged`](electric_core::cdc::Value::Unchanged) (leave the field as it is).
-//!   An update changing the key is a delete of the old key plus an insert. `TRUNCATE` is an
+//!   With `REPLICA IDENTITY FULL` the old row's value fills it in instead. An update changing
+//!   the key is a delete of the old key plus an insert; under `REPLICA IDENTITY DEFAULT` the
+//!   server does not send unchanged TOASTed values even then, so the inserted row lacks them —
+//!   tables whose keys change and that hold large values need `REPLICA IDENTITY FULL`. `TRUNCATE` is an
 //!   empty snapshot of the table (`SnapshotStart` reason `"truncated"`, `SnapshotEnd`).
 //! - **Types**: see [`pgoutput::text_value`]; unmapped types arrive as text.
 //! - **Schema changes**: an added column appears with the next change (a new Relation

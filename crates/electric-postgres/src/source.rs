@@ -1213,8 +1213,20 @@ pub(crate) fn row_changes(
             new,
             ..
         } => {
-            let new = to_row(rel, &new)?;
+            let mut new = to_row(rel, &new)?;
             let old = old.map(|o| to_row(rel, &o)).transpose()?;
+            // With REPLICA IDENTITY FULL the old row carries the (detoasted) values the new
+            // tuple left out as unchanged: use them, so the new row is complete.
+            if let Some(o) = &old {
+                for (name, v) in &mut new.columns {
+                    if matches!(v, Value::Unchanged) {
+                        if let Some(known) = o.get(name).filter(|x| !matches!(x, Value::Unchanged))
+                        {
+                            *v = known.clone();
+                        }
+                    }
+                }
+            }
             let old_key_row = old_key.map(|k| to_row(rel, &k)).transpose()?;
             let before = old.as_ref().or(old_key_row.as_ref());
             let new_key = pick_key(table, key, &new, before)?;
@@ -1304,6 +1316,59 @@ mod tests {
             Err(CdcError::BadPosition { .. })
         ));
         assert!(checkpoint_lsn(&Position::from_bytes(vec![1, 2])).is_err());
+    }
+
+    #[test]
+    fn full_identity_fills_unchanged_values_and_a_key_change_splits() {
+        use crate::pgoutput::{RelColumn, TupleValue};
+        let rel = Relation {
+            oid: 1,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: b'f',
+            columns: ["id", "big"]
+                .iter()
+                .map(|n| RelColumn {
+                    key: true,
+                    name: (*n).into(),
+                    type_oid: if *n == "id" { 23 } else { 25 },
+                    type_mod: -1,
+                })
+                .collect(),
+        };
+        let t = TableName::new("public", "t");
+        let key: Vec<Arc<str>> = vec!["id".into()];
+        let text = |s: &str| TupleValue::Text(s.as_bytes().to_vec());
+        let msg = Message::Update {
+            rel: 1,
+            key: None,
+            old: Some(vec![text("1"), text("long value")]),
+            new: vec![text("2"), TupleValue::Unchanged],
+        };
+        let changes = row_changes(&t, &key, &rel, msg).unwrap();
+        assert_eq!(changes.len(), 2);
+        assert_eq!(changes[0].0, Op::Delete);
+        assert_eq!(changes[0].1.get("id"), Some(&Value::Int(1)));
+        let (op, k, new, _) = &changes[1];
+        assert_eq!((*op, k.get("id")), (Op::Insert, Some(&Value::Int(2))));
+        assert_eq!(
+            new.as_ref().unwrap().get("big"),
+            Some(&Value::Text("long value".into())),
+            "the unchanged value comes from the full old row"
+        );
+        // Without an old row (REPLICA IDENTITY DEFAULT) it stays Unchanged.
+        let msg = Message::Update {
+            rel: 1,
+            key: None,
+            old: None,
+            new: vec![text("2"), TupleValue::Unchanged],
+        };
+        let changes = row_changes(&t, &key, &rel, msg).unwrap();
+        assert_eq!(changes[0].0, Op::Update);
+        assert_eq!(
+            changes[0].2.as_ref().unwrap().get("big"),
+            Some(&Value::Unchanged)
+        );
     }
 
     #[test]
