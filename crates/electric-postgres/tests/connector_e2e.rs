@@ -137,3 +137,58 @@ async fn documents_follow_the_table_through_snapshot_stream_and_restart() {
     h.join().await.unwrap();
     n.cleanup(&c).await;
 }
+
+/// The same pipeline on a private cluster killed and restarted mid-stream: the connector
+/// restarts the source from its checkpoint; documents converge, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_converge_after_the_database_is_killed_and_restarted() {
+    let Some(cluster) = PrivateCluster::create(7405, &["wal_level = logical"], &[]) else {
+        return;
+    };
+    let url = cluster.url();
+    let c = connect(&url).await.expect("private cluster");
+    let n = Names::new(&url, 1);
+    let t = n.tables[0].clone();
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{t}\" (id int8 PRIMARY KEY, name text NOT NULL, bio text NOT NULL, score float8); \
+         INSERT INTO \"{t}\" SELECT g, 'n' || g, 'b', g FROM generate_series(1, 20) g"
+    ))
+    .await
+    .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let docs = DataManager::<JsonDoc>::builder(store, "app", "users")
+        .build()
+        .unwrap();
+    let src = PgChangeSource::new(n.config(&url)).unwrap();
+    let h = Connector::builder(src, Arc::new(MemoryCheckpoints::new()), "users")
+        .table(TableMapping::columns(
+            TableName::new("public", t.as_str()),
+            docs.clone(),
+        ))
+        .index_shards(4)
+        .build()
+        .unwrap()
+        .spawn(CancellationToken::new());
+    wait_converged(&docs, &c, &t, 1..=40).await;
+    c.batch_execute(&format!("UPDATE \"{t}\" SET name = 'before' WHERE id <= 5"))
+        .await
+        .unwrap();
+    wait_converged(&docs, &c, &t, 1..=40).await;
+    cluster.kill();
+    cluster.start();
+    let c = connect(&url).await.expect("restarted cluster");
+    for sql in [
+        format!("UPDATE \"{t}\" SET name = 'after' WHERE id > 15"),
+        format!("DELETE FROM \"{t}\" WHERE id = 3"),
+        format!("INSERT INTO \"{t}\" SELECT g, 'new', 'b', NULL FROM generate_series(21, 30) g"),
+    ] {
+        c.batch_execute(&sql).await.unwrap();
+    }
+    wait_converged(&docs, &c, &t, 1..=40).await;
+    let st = h.stats();
+    assert!(st.starts >= 2, "the connector restarted the source: {st:?}");
+    h.shutdown();
+    h.join().await.unwrap();
+    n.cleanup(&c).await;
+    drop(cluster);
+}
