@@ -81,8 +81,10 @@
 //! column lists and row filters, idle confirmation, resume, added columns, dropped tables, no
 //! primary key, missing `REPLICATION`, a non-owner creating the publication, a row over the
 //! message limit, confirmation held while a transaction is unacknowledged; on private
-//! clusters (initdb on ports 7401–7404): `wal_level=replica`, a kill and restart mid-stream,
-//! slot invalidation while stopped and while streaming. The decoder is
+//! clusters (initdb on ports 7401–7406): `wal_level=replica`, a kill and restart mid-stream,
+//! slot invalidation while stopped and while streaming, SCRAM passwords (and a wrong one). End
+//! to end with electric-core's `Connector` (documents equal rows after snapshot, streaming, a
+//! connector kill and a database kill). The decoder is
 //! property-tested and fuzzed on bytes captured from the server (`tests/vectors`).
 
 pub mod config;
