@@ -38,8 +38,11 @@
 //!   `"initial"`, `"slot missing"` or `"slot invalidated"`) and `SnapshotEnd`, then a batch
 //!   with the snapshot's checkpoint; streaming starts at the consistent point.
 //! - **Batches** hold at most `max_batch` changes; a bigger transaction arrives as several,
-//!   only the last carrying the checkpoint. Memory is bounded by `buffered_batches` batches,
-//!   the transport's event buffer and `max_message_bytes` per row.
+//!   only the last carrying the checkpoint. Memory is bounded: at most `buffered_batches`
+//!   batches of `max_batch` changes wait for `next`, plus the transport's event buffer
+//!   (`max_batch` clamped to 64–8,192 messages), each message at most `max_message_bytes`; the
+//!   snapshot reads `max_batch` rows at a time through a cursor. A long snapshot holds its
+//!   `REPEATABLE READ` transaction (and so vacuum's horizon) and the slot's WAL until it ends.
 //! - **Positions** are 16 bytes (commit LSN, ordinal; big-endian) per change and 24 bytes per
 //!   checkpoint (commit LSN, `u64::MAX`, the LSN after the commit); byte order is stream order.
 //! - **Acknowledgement.** Nothing is confirmed to the server except in
