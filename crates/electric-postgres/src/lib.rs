@@ -70,7 +70,9 @@
 //!   A slot invalidated while streaming (the server ends its walsender) ends the stream with
 //!   `Unavailable`; the restart then re-snapshots. Unknown server errors are reported as
 //!   `Unavailable` with the server's message; a row over `max_message_bytes` is a permanent
-//!   `Malformed` error (raise the limit).
+//!   `Malformed` error (raise the limit). A frozen server raises no error by itself: the
+//!   periodic table check, unanswered for `liveness_timeout`, ends the stream with
+//!   `Unavailable`.
 //! - **Slot epoch.** Before (re)creating the slot, the source records the current WAL position
 //!   in the publication's comment (`electric slot <slot> epoch <lsn>`). A checkpoint below it
 //!   belongs to an earlier slot — a crash during a re-snapshot leaves the previous checkpoint
@@ -84,7 +86,7 @@
 //! column lists and row filters, idle confirmation, resume, added columns, dropped tables, no
 //! primary key, missing `REPLICATION`, a non-owner creating the publication, a row over the
 //! message limit, confirmation held while a transaction is unacknowledged; on private
-//! clusters (initdb on ports 7401–7406): `wal_level=replica`, a kill and restart mid-stream,
+//! clusters (initdb on ports 7401–7407): `wal_level=replica`, a kill and restart mid-stream, a frozen server,
 //! slot invalidation while stopped and while streaming, SCRAM passwords (and a wrong one). End
 //! to end with electric-core's `Connector` (documents equal rows after snapshot, streaming, a
 //! connector kill and a database kill). The decoder is

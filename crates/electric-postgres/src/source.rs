@@ -948,7 +948,15 @@ impl Driver {
                 () = tokio::time::sleep_until(next_check) => {
                     self.last_table_check = Instant::now();
                     if txn.is_none() {
-                        self.check_tables().await?;
+                        let limit = self.cfg.liveness_timeout;
+                        match tokio::time::timeout(limit, self.check_tables()).await {
+                            Ok(r) => r?,
+                            Err(_) => {
+                                return Err(Some(CdcError::Unavailable(format!(
+                                    "the server did not answer a table check within {limit:?}"
+                                ))))
+                            }
+                        }
                     }
                     continue;
                 }
