@@ -85,12 +85,12 @@
 //! hand-off under concurrent writes, large transactions in several batches, TOAST, types,
 //! column lists and row filters, idle confirmation, resume, added columns, dropped tables, no
 //! primary key, missing `REPLICATION`, a non-owner creating the publication, a row over the
-//! message limit, confirmation held while a transaction is unacknowledged; on private
-//! clusters (initdb on ports 7401–7407): `wal_level=replica`, a kill and restart mid-stream, a frozen server,
-//! slot invalidation while stopped and while streaming, SCRAM passwords (and a wrong one). End
-//! to end with electric-core's `Connector` (documents equal rows after snapshot, streaming, a
-//! connector kill and a database kill). The decoder is
-//! property-tested and fuzzed on bytes captured from the server (`tests/vectors`).
+//! message limit, confirmation held while a transaction is unacknowledged, a checkpoint from
+//! before a slot recreation. On private clusters (initdb, ports 7401–7407): `wal_level=replica`,
+//! a kill and restart mid-stream, a frozen server, slot invalidation while stopped and while
+//! streaming, SCRAM passwords (and a wrong one). End to end with electric-core's `Connector`:
+//! documents equal rows after snapshot, streaming, a connector kill and a database kill. The
+//! decoder is property-tested and fuzzed on bytes captured from the server (`tests/vectors`).
 
 pub mod config;
 pub mod pgoutput;
