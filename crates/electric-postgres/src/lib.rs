@@ -23,6 +23,8 @@
 //!   15 column lists and row filters, built from validated, quoted identifiers and quoted
 //!   literals — [`RowFilter`]) is created when missing; on a fresh start an existing one is set
 //!   to the configuration; on a resume its table set must match.
+//! - **Fresh start** (`start(None)`): an existing inactive slot of that name is dropped and
+//!   recreated (a slot held by a live session is refused with `Unavailable`).
 //! - **Snapshot hand-off** (fresh start, or the slot is missing or invalidated): the slot is
 //!   (re)created on the replication connection with `CREATE_REPLICATION_SLOT … LOGICAL pgoutput
 //!   (SNAPSHOT 'export')`, and the exported snapshot is imported into a `REPEATABLE READ READ
