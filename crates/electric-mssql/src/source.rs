@@ -439,7 +439,7 @@ impl<B: CtBackend> MssqlChangeSource<B> {
             if !info.change_tracking {
                 return Err(CdcError::Setting {
                     setting: format!("CHANGE_TRACKING on {}", spec.table),
-                    actual: "OFF".into(),
+                    actual: "OFF (or not visible to this user)".into(),
                     needed: format!(
                         "ON: ALTER TABLE {} ENABLE CHANGE_TRACKING",
                         spec.table.quoted()
