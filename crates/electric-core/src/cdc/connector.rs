@@ -527,7 +527,7 @@ impl ConnectorBuilder {
                 index: Index {
                     state,
                     shards: self.index_shards,
-                    pending: Mutex::new(Vec::new()),
+                    pending: Mutex::new(HashMap::new()),
                     scanned: std::sync::atomic::AtomicBool::new(false),
                 },
                 m,
@@ -1269,6 +1269,8 @@ impl Runtime {
         if !exists {
             if let Some(t) = rt.index.tombstone(&op.doc_id).await? {
                 if op.position <= t {
+                    // A tombstone a crashed run left: collect it once a checkpoint passes it.
+                    self.remember_tombstone(mi, &op.doc_id, &t);
                     return Ok(Done::Duplicate);
                 }
             }
@@ -1311,12 +1313,17 @@ impl Runtime {
     }
 
     fn remember_tombstone(&self, mi: usize, doc_id: &str, pos: &Position) {
-        self.mappings[mi]
+        let mut pending = self.mappings[mi]
             .index
             .pending
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((doc_id.to_string(), pos.clone()));
+            .unwrap_or_else(|p| p.into_inner());
+        let slot = pending
+            .entry(doc_id.to_string())
+            .or_insert_with(|| pos.clone());
+        if *pos > *slot {
+            *slot = pos.clone();
+        }
     }
 
     /// Applies `op` to `doc` (a copy), unless it is a duplicate.
@@ -1385,8 +1392,14 @@ impl Runtime {
         for rt in &self.mappings {
             let due: Vec<(String, Position)> = {
                 let mut pending = rt.index.pending.lock().unwrap_or_else(|p| p.into_inner());
-                let (due, keep): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, p)| p <= cp);
-                *pending = keep;
+                let due: Vec<(String, Position)> = pending
+                    .iter()
+                    .filter(|(_, p)| *p <= cp)
+                    .map(|(d, p)| (d.clone(), p.clone()))
+                    .collect();
+                for (d, _) in &due {
+                    pending.remove(d);
+                }
                 due
             };
             let leftovers = if rt.index.scanned.swap(true, Ordering::Relaxed) {
@@ -1520,8 +1533,9 @@ fn skip_kind(e: &Error) -> Option<ErrorKind> {
 struct Index {
     state: DataManager<JsonDoc>,
     shards: u32,
-    /// Tombstones this run wrote, not yet collected.
-    pending: Mutex<Vec<(String, Position)>>,
+    /// Tombstones this run wrote or met, not yet collected: at most one per document, so
+    /// bounded by the deletes since the last checkpoint.
+    pending: Mutex<HashMap<String, Position>>,
     /// Whether the shards were scanned for leftovers yet.
     scanned: std::sync::atomic::AtomicBool,
 }
