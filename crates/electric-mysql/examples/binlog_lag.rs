@@ -59,7 +59,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "CREATE TABLE {table} (id BIGINT PRIMARY KEY, v INT, pad VARCHAR(64)) ENGINE=InnoDB"
         ))
         .await?;
+    drop(admin);
     let result = run(&url, &table, rate, seconds, bulk).await;
+    // A fresh connection: the first may have idled out during the run.
+    let mut admin = Conn::from_url(&url).await?;
     admin.query_drop(format!("DROP TABLE {table}")).await?;
     result
 }
