@@ -145,7 +145,7 @@ async fn cdc_crash_restart_converges_and_applies_nothing_twice() {
     h.shutdown();
     h.join().await.unwrap();
 
-    let rounds = 40;
+    let rounds = 60;
     let (mut commits, mut dups) = (0, 0);
     for round in 0..rounds {
         let (h, _) = spawn(rng.gen_range(1..6));
@@ -351,7 +351,7 @@ async fn cdc_fold_order_books_across_crashes() {
     // Per live order: (instrument, qty, revs since it entered its current book).
     let mut truth: BTreeMap<i64, (&str, i64, Vec<i64>)> = BTreeMap::new();
     let (mut rev, mut ever) = (0i64, 0i64);
-    for _round in 0..30 {
+    for _round in 0..40 {
         let (h, _) = spawn();
         for _ in 0..rng.gen_range(1..6) {
             let mut txn = Txn::new();

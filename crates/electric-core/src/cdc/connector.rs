@@ -937,6 +937,8 @@ struct RowOp {
     position: Position,
     /// The change it came from, in the batch.
     item: usize,
+    /// A snapshot sweep's delete: applied whatever the recorded position (the sweep decided).
+    force: bool,
 }
 
 /// What applying a row op did.
@@ -951,7 +953,8 @@ enum Done {
 enum Decision {
     Write,
     Duplicate,
-    DeleteDoc,
+    /// The document's last row went: delete it, with a tombstone at this position.
+    DeleteDoc(Position),
     Fail(ErrorKind, String),
 }
 
@@ -1116,6 +1119,7 @@ impl Runtime {
             row,
             position: item.position.clone(),
             item: idx,
+            force: false,
         };
         match &m.shape {
             Shape::Columns { .. } | Shape::Build(_) => Ok(vec![op(row_id.clone(), new_row)]),
@@ -1302,11 +1306,11 @@ impl Runtime {
                 );
                 Ok(Done::Failed(kind))
             }
-            Some(Decision::DeleteDoc) => {
-                rt.index.set_tombstone(&op.doc_id, &op.position).await?;
+            Some(Decision::DeleteDoc(at)) => {
+                rt.index.set_tombstone(&op.doc_id, &at).await?;
                 manager.delete(&op.doc_id).await?;
                 bump(&self.shared.counters.deleted);
-                self.remember_tombstone(mi, &op.doc_id, &op.position);
+                self.remember_tombstone(mi, &op.doc_id, &at);
                 Ok(Done::Applied)
             }
         }
@@ -1340,12 +1344,20 @@ impl Runtime {
                 return Decision::Fail(ErrorKind::Malformed, format!("member {}: {e}", self.member))
             }
         };
-        if meta
-            .last(&op.row_id)
-            .is_some_and(|last| op.position <= *last)
-        {
+        let last = meta.last(&op.row_id).cloned();
+        if !op.force && last.as_ref().is_some_and(|l| op.position <= *l) {
             return Decision::Duplicate;
         }
+        // What a delete records: never below a position already recorded (a forced sweep
+        // delete may carry a lower one).
+        let high = meta
+            .rows
+            .values()
+            .chain(meta.deleted.values())
+            .max()
+            .cloned()
+            .map_or(op.position.clone(), |h| h.max(op.position.clone()));
+        let delete_at = last.map_or(op.position.clone(), |l| l.max(op.position.clone()));
         doc.remove(&self.member);
         let result: Result<(), (ErrorKind, String)> = match (&m.shape, &op.row) {
             (Shape::Columns { only }, Some(row)) => (|| {
@@ -1373,14 +1385,14 @@ impl Runtime {
             }
             None => {
                 meta.rows.remove(&op.row_id);
-                meta.deleted.insert(op.row_id.clone(), op.position.clone());
+                meta.deleted.insert(op.row_id.clone(), delete_at);
             }
         }
         if let Some(cp) = prune_at {
             meta.deleted.retain(|_, p| *p > *cp);
         }
         if meta.rows.is_empty() {
-            return Decision::DeleteDoc;
+            return Decision::DeleteDoc(high);
         }
         doc.insert(self.member.clone(), meta.to_json());
         Decision::Write
@@ -1493,6 +1505,7 @@ impl Runtime {
                         row: None,
                         position: at.clone(),
                         item: 0,
+                        force: true,
                     });
                 }
             }
@@ -1931,6 +1944,45 @@ mod tests {
         assert!(docs.get("4").await.unwrap().is_some());
         assert!(docs.get("1").await.unwrap().is_some());
         assert_eq!(h.stats().swept_rows, 1);
+        h.shutdown();
+        h.join().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn cdc_a_fresh_snapshot_sweeps_documents_left_from_before() {
+        let rig = Rig::new();
+        let docs = rig.docs();
+        let h = rig.start(&docs).await;
+        let c = rig
+            .db
+            .commit(
+                Txn::new()
+                    .insert(&t(), user(1, "a"))
+                    .insert(&t(), user(2, "b")),
+            )
+            .unwrap();
+        h.wait_for_checkpoint(&c.checkpoint).await.unwrap();
+        h.shutdown();
+        h.join().await.unwrap();
+        rig.db
+            .commit(
+                Txn::new()
+                    .delete(&t(), row([("id", Value::Int(1))]))
+                    .delete(&t(), row([("id", Value::Int(2))])),
+            )
+            .unwrap();
+        // The checkpoints are lost: the connector starts from scratch, with an empty snapshot.
+        let rig2 = Rig {
+            db: rig.db.clone(),
+            store: rig.store.clone(),
+            ck: Arc::new(MemoryCheckpoints::new()),
+        };
+        let docs2 = rig2.docs();
+        let h = rig2.start(&docs2).await;
+        assert!(docs2.get("1").await.unwrap().is_none());
+        assert!(docs2.get("2").await.unwrap().is_none());
+        let st = h.stats();
+        assert_eq!((st.swept_rows, st.documents_deleted), (2, 2), "{st:?}");
         h.shutdown();
         h.join().await.unwrap();
     }
