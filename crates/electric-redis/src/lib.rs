@@ -1101,8 +1101,8 @@ impl RedisStore {
         // them, and text that is not JSON is reported then (see `Members`).
         let mut doc = Members::with_capacity(fields.len());
         // Array members stored element by element: name → (count, cells).
-        let mut split: Vec<(String, Option<usize>, Vec<(usize, Vec<u8>)>)> = Vec::new();
         type Split = Vec<(String, Option<usize>, Vec<(usize, Vec<u8>)>)>;
+        let mut split: Split = Vec::new();
         fn split_entry(split: &mut Split, name: &str) -> usize {
             match split.iter().position(|(n, _, _)| n == name) {
                 Some(i) => i,

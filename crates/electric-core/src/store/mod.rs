@@ -53,6 +53,9 @@ pub struct Head {
     pub digest: Option<Digest>,
 }
 
+/// A member written (`Some`, its JSON text) or removed (`None`), as [`Commit::fields`] lists them.
+pub type MemberWrite = (String, Option<Box<RawValue>>);
+
 /// One atomic change to submit to [`Store::commit`].
 #[derive(Clone, Debug)]
 pub struct Commit {
@@ -129,9 +132,7 @@ impl Commit {
     /// # Errors
     ///
     /// A member of `doc` does not serialize (it always does: its keys are strings).
-    pub fn member_writes(
-        &self,
-    ) -> serde_json::Result<(bool, Cow<'_, [(String, Option<Box<RawValue>>)]>)> {
+    pub fn member_writes(&self) -> serde_json::Result<(bool, Cow<'_, [MemberWrite]>)> {
         let Some(doc) = &self.doc else {
             return Ok((false, Cow::Borrowed(&self.fields)));
         };
