@@ -5,7 +5,9 @@
 //! third of the bucket's `max_age`. Entries older than `max_age` expire, so a crashed holder's
 //! lease frees itself. A renewal refused for a wrong revision, or none succeeding for a whole
 //! `max_age`, means the lease is lost: the holder's stream ends with an error rather than
-//! reading alongside a new holder. On release the holder deletes the key if it still holds it.
+//! reading alongside a new holder — unless the bucket still holds this holder's id (a renewal
+//! applied whose reply was lost, as across a server restart), then the holder goes on with the
+//! entry's revision. On release the holder deletes the key if it still holds it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -116,6 +118,14 @@ impl Lease {
         self.0.lost.clone()
     }
 
+    /// The lease entry's current revision if it still names this holder.
+    async fn still_ours(&self) -> Option<u64> {
+        match self.0.store.entry(&self.0.key).await {
+            Ok(Some(entry)) if entry.value == self.0.holder => Some(entry.revision),
+            _ => None,
+        }
+    }
+
     async fn renew(self) {
         let inner = &*self.0;
         let every = inner.ttl / 3;
@@ -135,15 +145,23 @@ impl Lease {
                     self.set_revision(Some(rev));
                     last_ok = tokio::time::Instant::now();
                 }
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                    tracing::warn!(key = %inner.key, "subscription lease taken by another consumer");
-                    self.set_revision(None);
-                    inner.lost.cancel();
-                    return;
-                }
                 Err(e) => {
-                    tracing::warn!(key = %inner.key, error = %e, "subscription lease renewal failed");
-                    if last_ok.elapsed() >= inner.ttl {
+                    // A renewal whose reply was lost (the server restarted, the connection
+                    // dropped) may still have been applied: the revision we know is then stale
+                    // although the lease is ours. Ask the bucket before giving the lease up.
+                    let wrong_revision = e.kind() == UpdateErrorKind::WrongLastRevision;
+                    if let Some(rev) = self.still_ours().await {
+                        tracing::debug!(key = %inner.key, "subscription lease renewal applied; its reply was lost");
+                        self.set_revision(Some(rev));
+                        last_ok = tokio::time::Instant::now();
+                        continue;
+                    }
+                    if wrong_revision {
+                        tracing::warn!(key = %inner.key, "subscription lease taken by another consumer");
+                    } else {
+                        tracing::warn!(key = %inner.key, error = %e, "subscription lease renewal failed");
+                    }
+                    if wrong_revision || last_ok.elapsed() >= inner.ttl {
                         self.set_revision(None);
                         inner.lost.cancel();
                         return;

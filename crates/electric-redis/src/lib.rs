@@ -71,6 +71,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod acl;
+pub mod checkpoints;
 pub mod layout;
 mod scripts;
 
@@ -94,6 +95,7 @@ use redis::{Cmd, IntoConnectionInfo, RedisError, RedisFuture, Script, Value as R
 use tokio::sync::mpsc;
 
 pub use acl::minimal_acl;
+pub use checkpoints::RedisCheckpoints;
 pub use layout::Layout;
 /// The Redis client crate this store is built on, for [`RedisStore::query`] callers.
 pub use redis;

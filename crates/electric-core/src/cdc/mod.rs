@@ -11,7 +11,31 @@
 //! again. Sinks make that idempotent (the connector records the position of the last change it
 //! applied in each document and skips anything at or below it).
 //!
+//! | file | what |
+//! |---|---|
+//! | this file | the contract: [`ChangeSource`], [`Checkpoints`], [`Position`], [`ChangeItem`], … |
+//! | [`checkpoints`] | [`MemoryCheckpoints`], [`FileCheckpoints`] |
+//! | [`tracker`] | [`TableTracker`]: one table's changes to a hook and bounded subscribers |
+//! | [`connector`] | [`Connector`]: changes applied to documents, idempotently |
+//! | [`memory`] | [`MemoryDatabase`] and [`MemoryChangeSource`]: a scriptable in-memory source |
+//!
+//! `docs/cdc.md` describes the design: positions, checkpoints, the acknowledgement and
+//! idempotence rules, snapshot mark-and-sweep, bounds.
+//!
 //! [`DataManager`]: crate::DataManager
+
+pub mod checkpoints;
+pub mod connector;
+pub mod memory;
+pub mod tracker;
+
+pub use checkpoints::{FileCheckpoints, MemoryCheckpoints};
+pub use connector::{
+    Applied, Connector, ConnectorBuilder, ConnectorError, ConnectorHandle, ConnectorStats,
+    ErrorKind, JsonDoc, MapError, TableMapping,
+};
+pub use memory::{MemoryChangeSource, MemoryDatabase, Txn};
+pub use tracker::{Backoff, TableTracker, TrackerEvent, TrackerHandle, TrackerStats};
 
 use std::fmt;
 use std::sync::Arc;
