@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use electric_core::cdc::checkpoints::MemoryCheckpoints;
 use electric_core::cdc::connector::{
-    Connector, ConnectorHandle, ErrorKind, JsonDoc, MapError, TableMapping, DEFAULT_POSITION_MEMBER,
+    Connector, ConnectorHandle, ErrorKind, JsonDoc, MapError, TableMapping, DEFAULT_INDEX_SHARDS,
+    DEFAULT_POSITION_MEMBER,
 };
 use electric_core::cdc::memory::{row, MemoryDatabase, Txn};
 use electric_core::cdc::{Backoff, Checkpoints, Position, Row, TableName, Value};
@@ -70,7 +71,7 @@ async fn assert_tombstones_collected(store: &Arc<MemoryStore>, section: &str, cp
     let state = DataManager::<JsonDoc>::builder(store.clone(), "app", format!("{section}~cdc"))
         .build()
         .unwrap();
-    for s in 0..64 {
+    for s in 0..DEFAULT_INDEX_SHARDS {
         if let Some(shard) = state.get(&format!("idx-{s:04}")).await.unwrap() {
             for (id, v) in shard.iter() {
                 if let Some(h) = v.as_str() {

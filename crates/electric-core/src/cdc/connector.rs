@@ -33,7 +33,7 @@
 //! missing document at or below its tombstone is skipped. Tombstones are dropped once a
 //! checkpoint at or after them is persisted.
 //!
-//! The index is a fixed set of shard documents (default 64, [`ConnectorBuilder::index_shards`])
+//! The index is a fixed set of shard documents (default 256, [`ConnectorBuilder::index_shards`])
 //! in the state section `<section>~cdc` of the same store, each mapping a document id to
 //! `null` (live) or its tombstone. A document id is entered before the document is first
 //! created, so the index is a superset of the mapping's documents: the snapshot sweep walks it.
@@ -84,7 +84,9 @@ pub type JsonDoc = Map<String, Json>;
 /// The default reserved member holding applied positions.
 pub const DEFAULT_POSITION_MEMBER: &str = "_cdc";
 /// The default number of index shard documents per mapping.
-pub const DEFAULT_INDEX_SHARDS: u32 = 64;
+pub const DEFAULT_INDEX_SHARDS: u32 = 256;
+/// The size limit of an index shard document (8 MiB: about 600 000 ids per shard).
+pub const INDEX_SHARD_MAX_BYTES: usize = 8 << 20;
 /// The default bound on concurrently applied documents.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 /// The suffix of a mapping's state section.
@@ -445,7 +447,11 @@ impl ConnectorBuilder {
     }
 
     /// Index shard documents per mapping (1 to 4096; default [`DEFAULT_INDEX_SHARDS`]). Fixed
-    /// for the life of a state section: changing it orphans the old index.
+    /// for the life of a state section: changing it orphans the old index. A shard holds up
+    /// to [`INDEX_SHARD_MAX_BYTES`] (about 14 bytes per id), and creating a document rewrites
+    /// its shard's entry after diffing the shard: allow about one shard per 5 000 documents for
+    /// large tables. A full shard makes creates fail as [`ErrorKind::TooLarge`] (counted,
+    /// reported).
     pub fn index_shards(mut self, n: u32) -> Self {
         self.index_shards = n;
         self
@@ -521,6 +527,7 @@ impl ConnectorBuilder {
                 format!("{}{STATE_SECTION_SUFFIX}", section.section()),
             )
             .origin(format!("{}{STATE_SECTION_SUFFIX}", m.manager.origin()))
+            .max_document_bytes(INDEX_SHARD_MAX_BYTES)
             .build()
             .map_err(|e| CdcError::Config(format!("state section for {section}: {e}")))?;
             rts.push(MappingRt {
