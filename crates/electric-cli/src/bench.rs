@@ -458,12 +458,18 @@ async fn measure(
             let doc = writer.cached(&id).context("cached after update")?;
             let mut next = doc.value().clone();
             next.mutate(&mut SmallRng::seed_from_u64(7 + i as u64));
-            let (ops, fields) = doc.value().patch_to(&next);
+            let (ops, _) = doc.value().patch_to(&next);
+            // What `update` sends: the new tree, from which the store takes what it writes.
+            let tree = match serde_json::to_value(&next)? {
+                serde_json::Value::Object(m) => m,
+                _ => anyhow::bail!("an order book serializes to an object"),
+            };
             let commit = Commit {
                 id: CommitId::random(),
                 key: writer.key(&id)?,
                 expected: doc.stamp(),
-                fields,
+                fields: Vec::new(),
+                doc: Some(Arc::new(tree)),
                 kind: DeltaKind::Patch,
                 ops,
                 origin: "bench-raw".into(),
@@ -471,7 +477,7 @@ async fn measure(
                 // What `update` would send with it.
                 digest: Some(digest_of(&next)?),
             };
-            let (keys, argv) = store.commit_args(&commit);
+            let (keys, argv) = store.commit_args(&commit)?;
             let argv: Vec<String> = argv.into_iter().map(Cow::into_owned).collect();
             raw.push(Mutex::new((keys, argv, v)));
         }

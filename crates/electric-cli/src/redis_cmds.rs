@@ -104,9 +104,13 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
 
     // The store's own reading of the hash, for the problems it finds.
     let mut problems = Vec::new();
-    if let Err(e) = store.load(&key).await {
-        problems.push(e.to_string());
-    }
+    let loaded = match store.load(&key).await {
+        Ok(snap) => snap,
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
     let mut fields = serde_json::Map::new();
     let mut reserved = BTreeMap::new();
     let mut unparsable = Vec::new();
@@ -120,8 +124,24 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 });
                 fields.insert(member.to_string(), value);
             }
+            // An array member held element by element: shown joined (below) when the store
+            // could read the document, field by field otherwise.
+            None if loaded.is_some()
+                && (name.starts_with(electric::redis::layout::COUNT_PREFIX)
+                    || name.starts_with(electric::redis::layout::CELL_PREFIX)) => {}
             None => {
                 reserved.insert(name, String::from_utf8_lossy(value).into_owned());
+            }
+        }
+    }
+    if let Some(snap) = &loaded {
+        for (member, text) in snap.doc.iter() {
+            if !fields.contains_key(member) {
+                let value = serde_json::from_slice(text).unwrap_or_else(|_| {
+                    unparsable.push(member.to_string());
+                    String::from_utf8_lossy(text).into_owned().into()
+                });
+                fields.insert(member.to_string(), value);
             }
         }
     }

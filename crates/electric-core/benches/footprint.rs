@@ -125,6 +125,7 @@ fn main() {
                 key: raw.clone(),
                 expected,
                 fields: fields.clone(),
+                doc: None,
                 kind: DeltaKind::Patch,
                 ops: ops.clone(),
                 origin: "bench".into(),

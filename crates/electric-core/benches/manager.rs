@@ -102,6 +102,7 @@ fn update(c: &mut Criterion) {
                 key: raw.clone(),
                 expected,
                 fields: fields.clone(),
+                doc: None,
                 kind: DeltaKind::Patch,
                 ops: ops.clone(),
                 origin: "bench".into(),

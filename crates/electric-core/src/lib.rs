@@ -37,7 +37,7 @@
 //! | [`manager`] | [`DataManager`]: typed, cached, optimistically concurrent documents |
 //! | [`sync`] | [`SyncService`]: keeps managers in step with their stores |
 //! | [`bus`] | the message bus: [`bus::BusClient`], codecs, [`bus::MemoryBus`] |
-//! | [`cdc`] | change data capture: [`cdc::ChangeSource`], positions, checkpoints |
+//! | [`cdc`] | change data capture: [`cdc::ChangeSource`], checkpoints, [`cdc::TableTracker`], the [`cdc::Connector`], [`cdc::MemoryDatabase`] |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]

@@ -168,12 +168,6 @@ pub fn patch_size(ops: &Patch) -> usize {
     serialized_len(ops)
 }
 
-/// The length in bytes of `s` as a JSON string literal (quotes and escapes included), without
-/// allocating.
-pub(crate) fn str_json_len(s: &str) -> usize {
-    serialized_len(s)
-}
-
 /// About how much applying `ops` to `doc` changes its compact JSON length, in bytes, judged from
 /// `doc` before the patch: each value written counts in full, each value replaced or removed
 /// counts out, and a new member adds its quoted name, colon and comma (a new element its comma).
@@ -216,6 +210,11 @@ pub(crate) fn size_change(doc: &Value, ops: &Patch) -> i64 {
 /// Nothing is allocated: the serializer writes into a byte counter.
 pub fn json_size(v: &Value) -> usize {
     serialized_len(v)
+}
+
+/// The length in bytes of the object `m` serialized as compact JSON (nothing is allocated).
+pub(crate) fn map_json_size(m: &Map<String, Value>) -> usize {
+    serialized_len(m)
 }
 
 fn serialized_len<T: Serialize + ?Sized>(v: &T) -> usize {

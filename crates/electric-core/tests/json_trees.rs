@@ -109,6 +109,7 @@ async fn a_local_update_keeps_members_the_type_does_not_know() {
             key: key.clone(),
             expected: stamp,
             fields: vec![Commit::member("extra", &json!({"from": "a newer writer"})).unwrap()],
+            doc: None,
             kind: DeltaKind::Patch,
             ops: serde_json::from_value(json!([
                 {"op": "add", "path": "/extra", "value": {"from": "a newer writer"}}

@@ -348,6 +348,7 @@ async fn foreign_data_of_the_wrong_type_is_an_error_not_a_stale_cache() {
             key: key.clone(),
             expected: stamp,
             fields: vec![Commit::member("n", "seven").unwrap()],
+            doc: None,
             kind: DeltaKind::Patch,
             ops: serde_json::from_value(json!([{"op":"replace","path":"/n","value":"seven"}]))
                 .unwrap(),
@@ -468,6 +469,7 @@ async fn a_member_the_type_cannot_read_is_malformed_and_other_keys_keep_working(
             key: key.clone(),
             expected: stamp,
             fields: vec![Commit::member("qty", &serde_json::Value::Null).unwrap()],
+            doc: None,
             kind: DeltaKind::Patch,
             ops: serde_json::from_value(json!([{"op": "replace", "path": "/qty", "value": null}]))
                 .unwrap(),

@@ -440,6 +440,15 @@ impl FakeCt {
         );
     }
 
+    /// `DROP TABLE`: reads of it then fail with [`CdcError::Table`], as SQL Server's error 208
+    /// ("invalid object name") maps in the real backend; its minimum valid version reads as NULL.
+    pub fn drop_table(&self, table: &str) {
+        let t = TableRef::parse(table).expect("table name");
+        let mut s = self.lock();
+        s.version += 1;
+        s.tables.remove(&t);
+    }
+
     /// Turns change tracking on or off for a table.
     ///
     /// # Panics

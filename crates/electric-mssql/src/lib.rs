@@ -62,3 +62,40 @@ pub use source::{
 pub use sql::{ChangeColumn, CmpOp, Filter, Lookup, Param, TableQuery, TrackedTable};
 #[cfg(feature = "tiberius")]
 pub use tds::TiberiusBackend;
+
+#[cfg(test)]
+mod tests {
+    use electric_core::cdc::ChangeSource;
+
+    use crate::fake::{FakeCt, FakeCtBackend};
+    use crate::{MssqlChangeSource, TrackedTable};
+
+    #[test]
+    fn sources_are_object_safe_send_and_static() {
+        fn boxed<S: ChangeSource + 'static>(s: S) -> Box<dyn ChangeSource> {
+            Box::new(s)
+        }
+        fn send_static<T: Send + 'static>(_: &T) {}
+        fn send<T: Send>(_: &T) {}
+        let db = FakeCt::new();
+        let mut s: MssqlChangeSource<FakeCtBackend> = MssqlChangeSource::builder(db.backend())
+            .table(TrackedTable::new("dbo.t").unwrap())
+            .build()
+            .unwrap();
+        send_static(&s);
+        send(&s.next());
+        let b = boxed(s);
+        assert_eq!(b.name(), "mssql:ct");
+        #[cfg(feature = "tiberius")]
+        {
+            let t = MssqlChangeSource::builder(
+                crate::TiberiusBackend::from_ado_string("server=tcp:localhost,1433").unwrap(),
+            )
+            .table(TrackedTable::new("dbo.t").unwrap())
+            .build()
+            .unwrap();
+            let b = boxed(t);
+            assert_eq!(b.name(), "mssql:ct");
+        }
+    }
+}

@@ -439,7 +439,7 @@ impl<B: CtBackend> MssqlChangeSource<B> {
             if !info.change_tracking {
                 return Err(CdcError::Setting {
                     setting: format!("CHANGE_TRACKING on {}", spec.table),
-                    actual: "OFF".into(),
+                    actual: "OFF (or not visible to this user)".into(),
                     needed: format!(
                         "ON: ALTER TABLE {} ENABLE CHANGE_TRACKING",
                         spec.table.quoted()
@@ -588,9 +588,11 @@ impl<B: CtBackend> MssqlChangeSource<B> {
         let limit = self.batch_size;
         match &c.phase {
             Phase::Check => {
-                let min = Self::call(&mut self.in_call, self.backend.min_valid_version(&table))
-                    .await?
-                    .ok_or_else(|| min_null(&table))?;
+                let min =
+                    Self::call(&mut self.in_call, self.backend.min_valid_version(&table)).await?;
+                let Some(min) = min else {
+                    return Err(self.explain_min_null(&table).await);
+                };
                 let c = self.cycle.as_mut().expect("cycle");
                 let reason: Option<Arc<str>> = match (self.last, &self.resync_all) {
                     (None, _) => Some("initial".into()),
@@ -648,9 +650,11 @@ impl<B: CtBackend> MssqlChangeSource<B> {
                 }
             }
             Phase::PostCheck => {
-                let min = Self::call(&mut self.in_call, self.backend.min_valid_version(&table))
-                    .await?
-                    .ok_or_else(|| min_null(&table))?;
+                let min =
+                    Self::call(&mut self.in_call, self.backend.min_valid_version(&table)).await?;
+                let Some(min) = min else {
+                    return Err(self.explain_min_null(&table).await);
+                };
                 let c = self.cycle.as_mut().expect("cycle");
                 let l = self.last.expect("post-check only after changes");
                 if l < min {
@@ -708,6 +712,26 @@ impl<B: CtBackend> MssqlChangeSource<B> {
             }
         }
         Ok(())
+    }
+}
+
+impl<B: CtBackend> MssqlChangeSource<B> {
+    /// `MIN_VALID_VERSION` read NULL: the table was dropped, its change tracking turned off,
+    /// or the user may not see it. The catalog tells which.
+    async fn explain_min_null(&mut self, table: &crate::ident::TableRef) -> CdcError {
+        match Self::call(&mut self.in_call, self.backend.describe(table)).await {
+            Ok(None) => CdcError::Table {
+                table: table.table_name(),
+                reason: "dropped (or no longer visible to this user) while being tracked".into(),
+            },
+            Ok(Some(info)) if !info.change_tracking => CdcError::Setting {
+                setting: format!("CHANGE_TRACKING on {table}"),
+                actual: "OFF (turned off while being tracked)".into(),
+                needed: format!("ON: ALTER TABLE {} ENABLE CHANGE_TRACKING", table.quoted()),
+            },
+            Ok(Some(_)) => min_null(table),
+            Err(e) => e,
+        }
     }
 }
 

@@ -914,7 +914,8 @@ pub const RESET_ISOLATION_SQL: &str = "SET TRANSACTION ISOLATION LEVEL READ COMM
 pub fn describe_sql(table: &TableRef) -> Sql {
     Sql {
         text: "SELECT c.name, CAST(ISNULL(ic.key_ordinal, 0) AS int), \
-               CAST(CASE WHEN EXISTS (SELECT 1 FROM sys.change_tracking_tables ctt WHERE ctt.object_id = c.object_id) THEN 1 ELSE 0 END AS int) \
+               CAST(CASE WHEN EXISTS (SELECT 1 FROM sys.change_tracking_tables ctt WHERE ctt.object_id = c.object_id) \
+               OR CHANGE_TRACKING_MIN_VALID_VERSION(c.object_id) IS NOT NULL THEN 1 ELSE 0 END AS int) \
                FROM sys.columns c \
                LEFT JOIN sys.indexes i ON i.object_id = c.object_id AND i.is_primary_key = 1 \
                LEFT JOIN sys.index_columns ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id AND ic.column_id = c.column_id \
@@ -924,11 +925,13 @@ pub fn describe_sql(table: &TableRef) -> Sql {
     }
 }
 
-/// `ALLOW_SNAPSHOT_ISOLATION` (1 = on) and whether change tracking is on for the database.
+/// `ALLOW_SNAPSHOT_ISOLATION` (`snapshot_isolation_state`, 1 = on) and whether change tracking
+/// is on for the database (`CHANGE_TRACKING_CURRENT_VERSION()` is not NULL: needs no catalog
+/// permission).
 pub fn database_settings_sql() -> Sql {
     Sql {
         text: "SELECT CAST(d.snapshot_isolation_state AS int), \
-               CAST(CASE WHEN EXISTS (SELECT 1 FROM sys.change_tracking_databases ctd WHERE ctd.database_id = d.database_id) THEN 1 ELSE 0 END AS int) \
+               CAST(CASE WHEN CHANGE_TRACKING_CURRENT_VERSION() IS NULL THEN 0 ELSE 1 END AS int) \
                FROM sys.databases d WHERE d.database_id = DB_ID()"
             .into(),
         params: vec![],

@@ -189,7 +189,8 @@ fn map_err(e: tiberius::error::Error) -> CdcError {
                 1205 | 1222 | 3960 | 3961 | 701 | 8645 => {
                     CdcError::Unavailable(format!("{code}: {msg}"))
                 }
-                // Invalid object or column (dropped or altered mid-stream).
+                // Invalid object or column (dropped or altered mid-stream); the caller names
+                // the table.
                 208 | 207 => CdcError::Table {
                     table: electric_core::cdc::TableName::new("?", "?"),
                     reason: format!("{code}: {msg}"),
@@ -205,6 +206,17 @@ fn map_err(e: tiberius::error::Error) -> CdcError {
             what: "tds stream",
             reason: other.to_string(),
         },
+    }
+}
+
+/// Names `table` in a [`CdcError::Table`] raised without one (invalid object or column).
+fn with_table(e: CdcError, table: &TableRef) -> CdcError {
+    match e {
+        CdcError::Table { reason, .. } => CdcError::Table {
+            table: table.table_name(),
+            reason,
+        },
+        e => e,
     }
 }
 
@@ -452,7 +464,10 @@ impl CtBackend for TiberiusBackend {
         })?;
         let after = cursor(after)?;
         let text = sql::changes_sql(q, since, after.as_deref(), limit)?;
-        let rows = self.rows(&text).await?;
+        let rows = self
+            .rows(&text)
+            .await
+            .map_err(|e| with_table(e, &q.spec.table))?;
         let (k, n) = (q.key.len(), q.column_names().len());
         rows.iter()
             .map(|r| {
@@ -481,7 +496,10 @@ impl CtBackend for TiberiusBackend {
     ) -> CdcResult<Vec<ScanRow>> {
         let after = cursor(after)?;
         let text = sql::scan_sql(q, after.as_deref(), limit)?;
-        let rows = self.rows(&text).await?;
+        let rows = self
+            .rows(&text)
+            .await
+            .map_err(|e| with_table(e, &q.spec.table))?;
         let (k, n) = (q.key.len(), q.column_names().len());
         rows.iter()
             .map(|r| {

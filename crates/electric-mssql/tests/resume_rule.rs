@@ -621,6 +621,51 @@ async fn bad_positions_and_misuse_are_typed_errors() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_table_dropped_mid_stream_is_a_clear_permanent_error() {
+    let db = orders();
+    db.commit(|tx| tx.put(T, ct_row![1, "open", 1]));
+    let mut src = source(&db, &[T], 10);
+    src.start(None).await.unwrap();
+    let mut sink = Sink::default();
+    sync_to(&mut src, &mut sink, db.version()).await;
+    db.drop_table(T);
+    let e = tokio::time::timeout(Duration::from_secs(60), src.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&e, CdcError::Table { table, reason } if table.to_string() == TN && reason.contains("dropped")),
+        "{e}"
+    );
+    assert!(!e.is_retryable());
+    // A restart names the table as gone.
+    let e = src.start(sink.checkpoint.clone()).await.unwrap_err();
+    assert!(
+        matches!(&e, CdcError::Table { reason, .. } if reason.contains("not found")),
+        "{e}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn change_tracking_turned_off_mid_stream_names_the_setting() {
+    let db = orders();
+    let mut src = source(&db, &[T], 10);
+    src.start(None).await.unwrap();
+    let mut sink = Sink::default();
+    sync_to(&mut src, &mut sink, db.version()).await;
+    db.set_tracked(T, false);
+    db.commit(|tx| tx.put(T, ct_row![1, "open", 1]));
+    let e = tokio::time::timeout(Duration::from_secs(60), src.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&e, CdcError::Setting { setting, .. } if setting.contains("dbo.orders")),
+        "{e}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_version_going_back_is_history_lost() {
     let db = orders();
     for i in 0..3 {

@@ -722,6 +722,9 @@ impl MysqlChangeSource {
         self.in_txn = false;
         self.standalone = false;
         self.txn_items = false;
+        // Every transaction maps the tables it writes before its rows events, so the
+        // mapping stays bounded by the tables of one transaction.
+        self.tmap.clear();
     }
 
     fn flush_idle(&mut self) {

@@ -246,11 +246,14 @@ pub struct PgSourceConfig {
     pub table_check_interval: Duration,
     /// The largest single protocol message (one row) accepted, in bytes.
     pub max_message_bytes: usize,
+    /// A table check unanswered for this long ends the stream with `Unavailable`: a frozen
+    /// server (or network) raises no error by itself.
+    pub liveness_timeout: Duration,
 }
 
 impl PgSourceConfig {
-    /// Defaults: batches of 1,000, 4 buffered, status every second, table check every 5 s,
-    /// rows up to 64 MiB.
+    /// Defaults: batches of 1,000, 4 buffered, status every second, table check every 5 s
+    /// (unanswered for 30 s: unavailable), rows up to 64 MiB.
     pub fn new(
         url: impl Into<String>,
         slot: impl Into<String>,
@@ -267,6 +270,7 @@ impl PgSourceConfig {
             status_interval: Duration::from_secs(1),
             table_check_interval: Duration::from_secs(5),
             max_message_bytes: 64 << 20,
+            liveness_timeout: Duration::from_secs(30),
         }
     }
 

@@ -3,6 +3,8 @@
 //! plugin (protocol v1), and [`pgoutput`], our own decoder for its messages.
 //!
 //! # Server settings and rights
+//! - PostgreSQL 15 or later (column lists, row filters, the `CREATE_REPLICATION_SLOT` option
+//!   list); older servers fail with `CdcError::Setting` naming `server_version_num`.
 //! - `wal_level = logical` (needs a restart); otherwise `start` fails with
 //!   [`CdcError::Setting`](electric_core::cdc::CdcError::Setting) naming `wal_level`.
 //! - Free `max_replication_slots` and `max_wal_senders` (one each per source).
@@ -21,6 +23,8 @@
 //!   15 column lists and row filters, built from validated, quoted identifiers and quoted
 //!   literals — [`RowFilter`]) is created when missing; on a fresh start an existing one is set
 //!   to the configuration; on a resume its table set must match.
+//! - **Fresh start** (`start(None)`): an existing inactive slot of that name is dropped and
+//!   recreated (a slot held by a live session is refused with `Unavailable`).
 //! - **Snapshot hand-off** (fresh start, or the slot is missing or invalidated): the slot is
 //!   (re)created on the replication connection with `CREATE_REPLICATION_SLOT … LOGICAL pgoutput
 //!   (SNAPSHOT 'export')`, and the exported snapshot is imported into a `REPEATABLE READ READ
@@ -36,8 +40,11 @@
 //!   `"initial"`, `"slot missing"` or `"slot invalidated"`) and `SnapshotEnd`, then a batch
 //!   with the snapshot's checkpoint; streaming starts at the consistent point.
 //! - **Batches** hold at most `max_batch` changes; a bigger transaction arrives as several,
-//!   only the last carrying the checkpoint. Memory is bounded by `buffered_batches` batches,
-//!   the transport's event buffer and `max_message_bytes` per row.
+//!   only the last carrying the checkpoint. Memory is bounded: at most `buffered_batches`
+//!   batches of `max_batch` changes wait for `next`, plus the transport's event buffer
+//!   (`max_batch` clamped to 64–8,192 messages), each message at most `max_message_bytes`; the
+//!   snapshot reads `max_batch` rows at a time through a cursor. A long snapshot holds its
+//!   `REPEATABLE READ` transaction (and so vacuum's horizon) and the slot's WAL until it ends.
 //! - **Positions** are 16 bytes (commit LSN, ordinal; big-endian) per change and 24 bytes per
 //!   checkpoint (commit LSN, `u64::MAX`, the LSN after the commit); byte order is stream order.
 //! - **Acknowledgement.** Nothing is confirmed to the server except in
@@ -47,7 +54,10 @@
 //!   elsewhere) retains no WAL.
 //! - **TOAST**: an unchanged TOASTed column arrives as
 //!   [`Value::Unchanged`](electric_core::cdc::Value::Unchanged) (leave the field as it is).
-//!   An update changing the key is a delete of the old key plus an insert. `TRUNCATE` is an
+//!   With `REPLICA IDENTITY FULL` the old row's value fills it in instead. An update changing
+//!   the key is a delete of the old key plus an insert; under `REPLICA IDENTITY DEFAULT` the
+//!   server does not send unchanged TOASTed values even then, so the inserted row lacks them —
+//!   tables whose keys change and that hold large values need `REPLICA IDENTITY FULL`. `TRUNCATE` is an
 //!   empty snapshot of the table (`SnapshotStart` reason `"truncated"`, `SnapshotEnd`).
 //! - **Types**: see [`pgoutput::text_value`]; unmapped types arrive as text.
 //! - **Schema changes**: an added column appears with the next change (a new Relation
@@ -62,21 +72,27 @@
 //!   A slot invalidated while streaming (the server ends its walsender) ends the stream with
 //!   `Unavailable`; the restart then re-snapshots. Unknown server errors are reported as
 //!   `Unavailable` with the server's message; a row over `max_message_bytes` is a permanent
-//!   `Malformed` error (raise the limit).
-//! - **Caveat for sinks:** a crash *during* a re-snapshot leaves the caller's previous
-//!   checkpoint, which the recreated slot accepts; the sink must remember that a snapshot was
-//!   in progress (between `SnapshotStart` and the snapshot's checkpoint) and restart with
-//!   `None` then. An initial snapshot has no such issue (no checkpoint yet).
+//!   `Malformed` error (raise the limit). A frozen server raises no error by itself: the
+//!   periodic table check, unanswered for `liveness_timeout`, ends the stream with
+//!   `Unavailable`.
+//! - **Slot epoch.** Before (re)creating the slot, the source records the current WAL position
+//!   in the publication's comment (`electric slot <slot> epoch <lsn>`). A checkpoint below it
+//!   belongs to an earlier slot — a crash during a re-snapshot leaves the previous checkpoint
+//!   behind — and is answered with a new snapshot (reason `"slot recreated"`) instead of
+//!   resuming on a slot that never held its changes. Without ownership of the publication the
+//!   comment cannot be written (a warning) and this detection is off.
 //!
 //! # Tested
 //! Against PostgreSQL 15 (`.ci/services`, `ELECTRIC_TEST_PG_URL`): snapshot then stream, the
 //! hand-off under concurrent writes, large transactions in several batches, TOAST, types,
 //! column lists and row filters, idle confirmation, resume, added columns, dropped tables, no
 //! primary key, missing `REPLICATION`, a non-owner creating the publication, a row over the
-//! message limit, confirmation held while a transaction is unacknowledged; on private
-//! clusters (initdb on ports 7401–7404): `wal_level=replica`, a kill and restart mid-stream,
-//! slot invalidation while stopped and while streaming. The decoder is
-//! property-tested and fuzzed on bytes captured from the server (`tests/vectors`).
+//! message limit, confirmation held while a transaction is unacknowledged, a checkpoint from
+//! before a slot recreation. On private clusters (initdb, ports 7401–7407): `wal_level=replica`,
+//! a kill and restart mid-stream, a frozen server, slot invalidation while stopped and while
+//! streaming, SCRAM passwords (and a wrong one). End to end with electric-core's `Connector`:
+//! documents equal rows after snapshot, streaming, a connector kill and a database kill. The
+//! decoder is property-tested and fuzzed on bytes captured from the server (`tests/vectors`).
 
 pub mod config;
 pub mod pgoutput;

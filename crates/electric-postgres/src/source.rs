@@ -407,6 +407,15 @@ impl PgChangeSource {
                 needed: "logical (set it in postgresql.conf and restart the server)".into(),
             });
         }
+        // Column lists, row filters and CREATE_REPLICATION_SLOT's option list need 15.
+        let version = show(&client, "server_version_num").await?;
+        if version.parse::<u32>().unwrap_or(0) < 150_000 {
+            return Err(CdcError::Setting {
+                setting: "server_version_num".into(),
+                actual: version,
+                needed: "150000 or later (PostgreSQL 15+)".into(),
+            });
+        }
         let rights = client
             .query_one(
                 "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
@@ -449,6 +458,15 @@ impl PgChangeSource {
             }
             _ => None,
         };
+        // A checkpoint older than the slot's epoch belongs to an earlier slot (one recreated by
+        // a snapshot that did not reach its checkpoint): the new slot cannot serve it.
+        if plan_reason.is_none() {
+            if let (Some(resume), Some(epoch)) = (resume, self.slot_epoch(&client).await?) {
+                if resume < epoch {
+                    plan_reason = Some("slot recreated");
+                }
+            }
+        }
 
         let (ack_tx, ack_rx) = watch::channel(0u64);
         let (tx, rx) = mpsc::channel(self.cfg.buffered_batches);
@@ -476,6 +494,7 @@ impl PgChangeSource {
 
         let mut snapshot = None;
         if let Some(reason) = plan_reason {
+            self.set_slot_epoch(&client).await?;
             if slot.is_some() || reason == "slot invalidated" {
                 wait_slot_inactive(&client, &self.cfg.slot).await?;
                 client
@@ -567,6 +586,54 @@ impl PgChangeSource {
         self.rx = Some(rx);
         self.driver = Some(tokio::spawn(driver.run(snapshot)));
         Ok(())
+    }
+
+    fn epoch_prefix(&self) -> String {
+        format!("electric slot {} epoch ", self.cfg.slot)
+    }
+
+    /// Before a slot is (re)created, the publication's comment records the current WAL
+    /// position: the new slot's consistent point lies after it, every checkpoint of an earlier
+    /// slot before it. Written first, so no crash can leave a new slot without its epoch. Not
+    /// the publication's owner: a warning, and no detection.
+    async fn set_slot_epoch(&self, client: &Client) -> CdcResult<()> {
+        let lsn: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| pg_err("reading the WAL position", e))?
+            .get(0);
+        let sql = format!(
+            "COMMENT ON PUBLICATION {} IS {}",
+            quote_ident(&self.cfg.publication)?,
+            crate::config::quote_literal(&format!("{}{lsn}", self.epoch_prefix()))?
+        );
+        if let Err(e) = client.batch_execute(&sql).await {
+            match pg_err("recording the slot epoch", e) {
+                CdcError::Permission { detail, .. } => {
+                    tracing::warn!(%detail, "cannot record the slot epoch on the publication");
+                }
+                other => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// The slot epoch recorded on the publication, if any.
+    async fn slot_epoch(&self, client: &Client) -> CdcResult<Option<u64>> {
+        let row = client
+            .query_opt(
+                "SELECT obj_description(oid, 'pg_publication') FROM pg_publication \
+                 WHERE pubname = $1",
+                &[&self.cfg.publication],
+            )
+            .await
+            .map_err(|e| pg_err("reading the slot epoch", e))?;
+        let comment: Option<String> = row.and_then(|r| r.get(0));
+        Ok(comment
+            .as_deref()
+            .and_then(|c| c.strip_prefix(&self.epoch_prefix()))
+            .and_then(|lsn| Lsn::parse(lsn.trim()).ok())
+            .map(Lsn::as_u64))
     }
 
     /// Creates the publication when missing. On a fresh start (`reset`) an existing one is set
@@ -881,7 +948,15 @@ impl Driver {
                 () = tokio::time::sleep_until(next_check) => {
                     self.last_table_check = Instant::now();
                     if txn.is_none() {
-                        self.check_tables().await?;
+                        let limit = self.cfg.liveness_timeout;
+                        match tokio::time::timeout(limit, self.check_tables()).await {
+                            Ok(r) => r?,
+                            Err(_) => {
+                                return Err(Some(CdcError::Unavailable(format!(
+                                    "the server did not answer a table check within {limit:?}"
+                                ))))
+                            }
+                        }
                     }
                     continue;
                 }
@@ -1146,8 +1221,20 @@ pub(crate) fn row_changes(
             new,
             ..
         } => {
-            let new = to_row(rel, &new)?;
+            let mut new = to_row(rel, &new)?;
             let old = old.map(|o| to_row(rel, &o)).transpose()?;
+            // With REPLICA IDENTITY FULL the old row carries the (detoasted) values the new
+            // tuple left out as unchanged: use them, so the new row is complete.
+            if let Some(o) = &old {
+                for (name, v) in &mut new.columns {
+                    if matches!(v, Value::Unchanged) {
+                        if let Some(known) = o.get(name).filter(|x| !matches!(x, Value::Unchanged))
+                        {
+                            *v = known.clone();
+                        }
+                    }
+                }
+            }
             let old_key_row = old_key.map(|k| to_row(rel, &k)).transpose()?;
             let before = old.as_ref().or(old_key_row.as_ref());
             let new_key = pick_key(table, key, &new, before)?;
@@ -1237,6 +1324,59 @@ mod tests {
             Err(CdcError::BadPosition { .. })
         ));
         assert!(checkpoint_lsn(&Position::from_bytes(vec![1, 2])).is_err());
+    }
+
+    #[test]
+    fn full_identity_fills_unchanged_values_and_a_key_change_splits() {
+        use crate::pgoutput::{RelColumn, TupleValue};
+        let rel = Relation {
+            oid: 1,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: b'f',
+            columns: ["id", "big"]
+                .iter()
+                .map(|n| RelColumn {
+                    key: true,
+                    name: (*n).into(),
+                    type_oid: if *n == "id" { 23 } else { 25 },
+                    type_mod: -1,
+                })
+                .collect(),
+        };
+        let t = TableName::new("public", "t");
+        let key: Vec<Arc<str>> = vec!["id".into()];
+        let text = |s: &str| TupleValue::Text(s.as_bytes().to_vec());
+        let msg = Message::Update {
+            rel: 1,
+            key: None,
+            old: Some(vec![text("1"), text("long value")]),
+            new: vec![text("2"), TupleValue::Unchanged],
+        };
+        let changes = row_changes(&t, &key, &rel, msg).unwrap();
+        assert_eq!(changes.len(), 2);
+        assert_eq!(changes[0].0, Op::Delete);
+        assert_eq!(changes[0].1.get("id"), Some(&Value::Int(1)));
+        let (op, k, new, _) = &changes[1];
+        assert_eq!((*op, k.get("id")), (Op::Insert, Some(&Value::Int(2))));
+        assert_eq!(
+            new.as_ref().unwrap().get("big"),
+            Some(&Value::Text("long value".into())),
+            "the unchanged value comes from the full old row"
+        );
+        // Without an old row (REPLICA IDENTITY DEFAULT) it stays Unchanged.
+        let msg = Message::Update {
+            rel: 1,
+            key: None,
+            old: None,
+            new: vec![text("2"), TupleValue::Unchanged],
+        };
+        let changes = row_changes(&t, &key, &rel, msg).unwrap();
+        assert_eq!(changes[0].0, Op::Update);
+        assert_eq!(
+            changes[0].2.as_ref().unwrap().get("big"),
+            Some(&Value::Unchanged)
+        );
     }
 
     #[test]

@@ -306,3 +306,139 @@ async fn a_slot_invalidated_while_streaming_ends_the_stream_then_re_snapshots() 
     n.cleanup(&c).await;
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_passwords_work_for_both_connections_and_a_wrong_one_is_a_login_error() {
+    let pw = std::env::temp_dir().join(common::unique("electric_pw"));
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let pw_arg = format!("--pwfile={}", pw.display());
+    // The file must be readable by the postgres user initdb runs as.
+    let _ = std::process::Command::new("chmod")
+        .arg("644")
+        .arg(&pw)
+        .status();
+    let Some(cluster) = PrivateCluster::create(
+        7406,
+        &[
+            "wal_level = logical",
+            "password_encryption = 'scram-sha-256'",
+        ],
+        &["--auth-host=scram-sha-256", &pw_arg],
+    ) else {
+        return;
+    };
+    let _ = std::fs::remove_file(&pw);
+    let url = format!(
+        "postgres://postgres:s3cret@127.0.0.1:{}/postgres",
+        cluster.port
+    );
+    let c = connect(&url)
+        .await
+        .expect("private cluster with a password");
+    let n = Names::new(&url, 1);
+    let t = n.tables[0].clone();
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{t}\" (id int8 PRIMARY KEY); INSERT INTO \"{t}\" VALUES (1)"
+    ))
+    .await
+    .unwrap();
+    let mut src = PgChangeSource::new(n.config(&url)).unwrap();
+    src.start(None).await.unwrap();
+    let mut seen = Seen::default();
+    drain_until(&mut src, &mut seen, |s| !s.checkpoints.is_empty())
+        .await
+        .unwrap();
+    c.batch_execute(&format!("INSERT INTO \"{t}\" VALUES (2)"))
+        .await
+        .unwrap();
+    drain_until(&mut src, &mut seen, |s| s.items.len() >= 2)
+        .await
+        .unwrap();
+    assert_eq!(int(seen.items[1].key.get("id")), 2, "streamed over SCRAM");
+    drop(src);
+    let bad = format!(
+        "postgres://postgres:wrong@127.0.0.1:{}/postgres",
+        cluster.port
+    );
+    let mut cfg = n.config(&bad);
+    cfg.slot = format!("{}_x", n.slot);
+    let err = PgChangeSource::new(cfg)
+        .unwrap()
+        .start(None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CdcError::Permission { right, .. } if right == "LOGIN"),
+        "{err}"
+    );
+    n.cleanup(&c).await;
+    drop(cluster);
+}
+
+/// Sends `sig` to the cluster's postmaster and every process under it.
+fn signal_cluster(cluster: &PrivateCluster, sig: &str) {
+    let pid = cluster.pid().expect("postmaster pid").to_string();
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &pid])
+        .output()
+        .expect("pgrep");
+    let mut pids = vec![pid];
+    pids.extend(
+        String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_string),
+    );
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(&pids)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_is_detected_as_unavailable() {
+    let Some(cluster) = PrivateCluster::create(7407, &["wal_level = logical"], &[]) else {
+        return;
+    };
+    let url = cluster.url();
+    let c = connect(&url).await.expect("private cluster");
+    let n = Names::new(&url, 1);
+    let t = n.tables[0].clone();
+    c.batch_execute(&format!("CREATE TABLE \"{t}\" (id int8 PRIMARY KEY)"))
+        .await
+        .unwrap();
+    let mut cfg = n.config(&url);
+    cfg.table_check_interval = Duration::from_millis(200);
+    cfg.liveness_timeout = Duration::from_secs(2);
+    let mut src = PgChangeSource::new(cfg).unwrap();
+    src.start(None).await.unwrap();
+    let mut seen = Seen::default();
+    drain_until(&mut src, &mut seen, |s| !s.checkpoints.is_empty())
+        .await
+        .unwrap();
+    let acked = seen.checkpoints.last().unwrap().clone();
+    signal_cluster(&cluster, "STOP");
+    // No panic before the thaw: a stopped cluster would outlive the test.
+    let res = tokio::time::timeout(Duration::from_secs(60), src.next()).await;
+    signal_cluster(&cluster, "CONT");
+    let err = match res {
+        Ok(Err(e)) => e,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert!(
+        matches!(&err, CdcError::Unavailable(m) if m.contains("did not answer")),
+        "{err}"
+    );
+    // Thawed, it resumes.
+    start_retrying(&mut src, Some(acked)).await;
+    c.batch_execute(&format!("INSERT INTO \"{t}\" VALUES (1)"))
+        .await
+        .unwrap();
+    drain_until(&mut src, &mut seen, |s| !s.items.is_empty())
+        .await
+        .unwrap();
+    drop(src);
+    n.cleanup(&c).await;
+    drop(cluster);
+}

@@ -698,3 +698,62 @@ mod url_parts {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_from_before_a_slot_recreation_is_answered_with_a_snapshot() {
+    let url = pg_url();
+    let Some(c) = connect(&url).await else { return };
+    let n = Names::new(&url, 1);
+    let t = &n.tables[0];
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{t}\" (id int8 PRIMARY KEY); INSERT INTO \"{t}\" VALUES (1)"
+    ))
+    .await
+    .unwrap();
+    let mut src = PgChangeSource::new(n.config(&url)).unwrap();
+    src.start(None).await.unwrap();
+    let mut seen = Seen::default();
+    drain_until(&mut src, &mut seen, |s| !s.checkpoints.is_empty())
+        .await
+        .unwrap();
+    let old = seen.checkpoints.last().unwrap().clone();
+    drop(src);
+    // A change the old slot would have carried, then a snapshot that recreates the slot and
+    // "crashes" before its checkpoint is persisted.
+    c.batch_execute(&format!("INSERT INTO \"{t}\" VALUES (2)"))
+        .await
+        .unwrap();
+    let mut src = PgChangeSource::new(n.config(&url)).unwrap();
+    src.start(None).await.unwrap();
+    let ev = next_event(&mut src, Duration::from_secs(60)).await.unwrap();
+    assert!(matches!(ev, SourceEvent::SnapshotStart { .. }));
+    drop(src);
+    // Restarting from the old checkpoint must not stream from the new slot (change 2 would be
+    // lost): it snapshots again.
+    let mut src = PgChangeSource::new(n.config(&url)).unwrap();
+    src.start(Some(old)).await.unwrap();
+    let mut again = Seen::default();
+    drain_until(&mut src, &mut again, |s| !s.checkpoints.is_empty())
+        .await
+        .unwrap();
+    assert_eq!(again.snapshot_starts, vec!["slot recreated"]);
+    let mut ids: Vec<i64> = again.items.iter().map(|i| int(i.key.get("id"))).collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2]);
+    // And its own checkpoint resumes normally.
+    let cp = again.checkpoints.last().unwrap().clone();
+    drop(src);
+    let mut src = PgChangeSource::new(n.config(&url)).unwrap();
+    src.start(Some(cp)).await.unwrap();
+    c.batch_execute(&format!("INSERT INTO \"{t}\" VALUES (3)"))
+        .await
+        .unwrap();
+    let mut after = Seen::default();
+    drain_until(&mut src, &mut after, |s| !s.items.is_empty())
+        .await
+        .unwrap();
+    assert!(after.snapshot_starts.is_empty());
+    assert_eq!(int(after.items[0].key.get("id")), 3);
+    drop(src);
+    n.cleanup(&c).await;
+}

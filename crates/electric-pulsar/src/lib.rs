@@ -544,6 +544,9 @@ impl ConsumerActor {
             let next = loop {
                 tokio::select! {
                     () = self.cancel.cancelled() => break 'outer,
+                    // The reader went: close now, so the broker hands a failover subscription
+                    // to the standby at once rather than after the next message arrives here.
+                    () = tx.closed() => break 'outer,
                     Some(cmd) = self.cmd_rx.recv() => self.apply(cmd).await,
                     m = self.consumer.next() => break m,
                 }

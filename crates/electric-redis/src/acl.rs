@@ -23,6 +23,7 @@ pub(crate) const COMMANDS: &[&str] = &[
     "pttl",
     // Inside the scripts, which run with the caller's permissions.
     "time",
+    "hkeys",
     "hset",
     "hdel",
     "del",
@@ -72,7 +73,7 @@ local doc, log, fence, channel = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
 local checks = {
   {'ping'}, {'subscribe', channel}, {'unsubscribe', channel},
   {'hgetall', doc}, {'hmget', doc, '__v'}, {'exists', doc}, {'pttl', doc},
-  {'time'}, {'hset', doc, '__v', '1'}, {'hdel', doc, '__v'}, {'del', doc},
+  {'time'}, {'hkeys', doc}, {'hset', doc, '__v', '1'}, {'hdel', doc, '__v'}, {'del', doc},
   {'pexpire', doc, '1'}, {'xadd', log, '1-0', 'd', 'x'}, {'xrange', log, '-', '+'},
   {'publish', channel, 'x'}, {'zscore', fence, 'x'}, {'zadd', fence, '1', 'x'},
   {'zremrangebyscore', fence, '0', '1'},

@@ -22,10 +22,13 @@
 //! # Layout
 //!
 //! See [`layout`] for every key and channel name. In short, per document: one hash
-//! (`ns:{p:s:id}:doc`, members under a `.` prefix plus `__v`, `__e`, `__t`) and one capped stream
-//! (`ns:{p:s:id}:log`, entry ids `<version>-0`); per section one pub/sub channel
-//! (`ns:deltas:p:s`). One Lua script does the whole commit (check, write, log, trim, publish,
-//! TTL); it is called by SHA and reloaded after `NOSCRIPT`.
+//! (`ns:{p:s:id}:doc`: `__v`, `__e`, `__t`, `__d`, and each member either whole under a `.`
+//! prefix or, for arrays of objects, element by element — `#name` the count, `*<i>.name` each
+//! element), one capped stream (`ns:{p:s:id}:log`, entry ids `<version>-0`) and a fence set;
+//! per section one pub/sub channel (`ns:deltas:p:s`). One Lua script does the whole commit
+//! (check, write only the changed elements, log, trim, publish, TTL); it is called by SHA and
+//! reloaded after `NOSCRIPT`. Documents of the earlier all-whole layout load as they are and
+//! migrate member by member on first write.
 //!
 //! # Cluster
 //!
@@ -68,6 +71,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod acl;
+pub mod checkpoints;
 pub mod layout;
 mod scripts;
 
@@ -91,6 +95,7 @@ use redis::{Cmd, IntoConnectionInfo, RedisError, RedisFuture, Script, Value as R
 use tokio::sync::mpsc;
 
 pub use acl::minimal_acl;
+pub use checkpoints::RedisCheckpoints;
 pub use layout::Layout;
 /// The Redis client crate this store is built on, for [`RedisStore::query`] callers.
 pub use redis;
@@ -409,6 +414,9 @@ pub struct Stats {
     /// Commits that found a change log reaching past the document (a foreign writer) and
     /// dropped it before appending.
     pub log_repairs: AtomicU64,
+    /// Array members a commit found stored whole (the layout before element cells, or a
+    /// foreign writer) and so wrote again element by element.
+    pub members_migrated: AtomicU64,
 }
 
 /// The production store: documents, change logs and delta channels in Redis. Cheap to clone.
@@ -792,15 +800,20 @@ impl RedisStore {
 
     /// The commit script's `(KEYS, ARGV)` for `commit` (see `scripts.rs` for their meaning).
     /// Member texts are borrowed from `commit`, not copied.
-    pub fn commit_args<'c>(&self, commit: &'c Commit) -> (Vec<String>, Vec<Cow<'c, str>>) {
-        self.script_args(commit, "c")
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serde`] when a member of [`Commit::doc`] does not serialize.
+    pub fn commit_args<'c>(&self, commit: &'c Commit) -> Result<(Vec<String>, Vec<Cow<'c, str>>)> {
+        self.script_args(commit, "c", &[])
     }
 
     fn script_args<'c>(
         &self,
         commit: &'c Commit,
         mode: &'static str,
-    ) -> (Vec<String>, Vec<Cow<'c, str>>) {
+        whole: &[String],
+    ) -> Result<(Vec<String>, Vec<Cow<'c, str>>)> {
         let l = &self.inner.layout;
         let (ee, ev) = match commit.expected {
             Some(s) => (s.epoch.to_string(), s.version.to_string()),
@@ -812,8 +825,7 @@ impl RedisStore {
             DeltaKind::Snapshot => "snapshot",
             DeltaKind::Delete => "delete",
         };
-        let sets = commit.fields.iter().filter(|(_, v)| v.is_some()).count();
-        let mut args: Vec<Cow<'c, str>> = Vec::with_capacity(14 + commit.fields.len() * 2);
+        let mut args: Vec<Cow<'c, str>> = Vec::with_capacity(24);
         args.extend(
             [
                 ee,
@@ -834,16 +846,54 @@ impl RedisStore {
         ));
         args.push(Cow::Borrowed(mode));
         args.push(Cow::Owned(self.fence_ms().to_string()));
-        args.push(Cow::Owned(sets.to_string()));
-        for (name, value) in &commit.fields {
-            if let Some(v) = value {
-                args.push(Cow::Owned(format!("{}{name}", layout::MEMBER_PREFIX)));
-                args.push(Cow::Borrowed(v.get()));
+        let serde = |e: serde_json::Error| Error::Serde {
+            key: commit.key.clone(),
+            reason: e.to_string(),
+        };
+        match &commit.doc {
+            None => {
+                args.push(Cow::Borrowed("0"));
+                for (name, value) in &commit.fields {
+                    match value {
+                        Some(v) => args.extend([
+                            Cow::Borrowed("w"),
+                            Cow::Borrowed(name.as_str()),
+                            Cow::Borrowed(v.get()),
+                        ]),
+                        None => args.extend([Cow::Borrowed("d"), Cow::Borrowed(name.as_str())]),
+                    }
+                }
             }
-        }
-        for (name, value) in &commit.fields {
-            if value.is_none() {
-                args.push(Cow::Owned(format!("{}{name}", layout::MEMBER_PREFIX)));
+            Some(doc) => {
+                let touched = match commit.kind {
+                    DeltaKind::Snapshot => None,
+                    _ => commit.touched_members(),
+                };
+                match touched {
+                    None => {
+                        args.push(Cow::Borrowed("1"));
+                        for (name, value) in doc.iter() {
+                            layout::push_member(&mut args, name, value, None).map_err(serde)?;
+                        }
+                    }
+                    Some(names) => {
+                        args.push(Cow::Borrowed("0"));
+                        for name in &names {
+                            match doc.get(name) {
+                                None => args.extend([Cow::Borrowed("d"), Cow::Owned(name.clone())]),
+                                Some(value) => {
+                                    let cells = if whole.contains(name) {
+                                        None
+                                    } else {
+                                        layout::changed_cells(&commit.ops, name, value)
+                                    };
+                                    layout::push_member(&mut args, name, value, cells)
+                                        .map_err(serde)?;
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
         let keys = vec![
@@ -851,7 +901,7 @@ impl RedisStore {
             l.log_key(&commit.key),
             l.fence_key(&commit.key),
         ];
-        (keys, args)
+        Ok((keys, args))
     }
 
     fn fence_ms(&self) -> u128 {
@@ -860,16 +910,41 @@ impl RedisStore {
 
     /// Runs the commit script for `commit` in `mode` and reads its reply.
     async fn run_commit(&self, commit: &Commit, mode: &'static str) -> Result<Reply> {
-        let (keys, args) = self.script_args(commit, mode);
-        let reply = self
-            .invoke_commit(&keys, &args)
-            .await
-            .map_err(|e| write_err(e, &commit.key, commit.id))?;
         let bad = |r: &str| Error::Backend {
             reason: format!("commit script replied {r}"),
         };
-        let RValue::Array(items) = reply else {
-            return Err(bad("a non-array"));
+        // Members to write whole (every element) because the store does not hold them element
+        // by element the way this commit's cells expect: written whole by an earlier layout,
+        // or reshaped by a writer that did not say so. The script refuses such a commit before
+        // writing anything and names them; sent again with those members whole, it migrates
+        // them. Each round adds at least one member, so this ends.
+        let mut whole: Vec<String> = Vec::new();
+        let items = loop {
+            let (keys, args) = self.script_args(commit, mode, &whole)?;
+            let reply = self
+                .invoke_commit(&keys, &args)
+                .await
+                .map_err(|e| write_err(e, &commit.key, commit.id))?;
+            let RValue::Array(items) = reply else {
+                return Err(bad("a non-array"));
+            };
+            if items.first().and_then(as_u64) != Some(5) {
+                break items;
+            }
+            let before = whole.len();
+            for name in &items[1..] {
+                let name = as_str(name).ok_or_else(|| bad("a member name that is not text"))?;
+                if !whole.iter().any(|w| w == name) {
+                    whole.push(name.to_string());
+                }
+            }
+            if whole.len() == before {
+                return Err(bad("the same members to write whole twice"));
+            }
+            self.inner
+                .stats
+                .members_migrated
+                .fetch_add((whole.len() - before) as u64, Ordering::Relaxed);
         };
         let delta = |stamp: Stamp, change_time: u64| {
             Arc::new(Delta {
@@ -1027,6 +1102,18 @@ impl RedisStore {
         // Member texts are handed over unparsed: the reader deserializes its type straight from
         // them, and text that is not JSON is reported then (see `Members`).
         let mut doc = Members::with_capacity(fields.len());
+        // Array members stored element by element: name → (count, cells).
+        type Split = Vec<(String, Option<usize>, Vec<(usize, Vec<u8>)>)>;
+        let mut split: Split = Vec::new();
+        fn split_entry(split: &mut Split, name: &str) -> usize {
+            match split.iter().position(|(n, _, _)| n == name) {
+                Some(i) => i,
+                None => {
+                    split.push((name.to_string(), None, Vec::new()));
+                    split.len() - 1
+                }
+            }
+        }
         for (mut name, value) in fields {
             if name.starts_with(layout::MEMBER_PREFIX.as_bytes()) {
                 name.drain(..layout::MEMBER_PREFIX.len());
@@ -1037,7 +1124,24 @@ impl RedisStore {
             }
             let name =
                 String::from_utf8(name).map_err(|_| bad("field name is not UTF-8".into()))?;
+            if let Some(cell) = name.strip_prefix(layout::CELL_PREFIX) {
+                let (index, member) = cell
+                    .split_once('.')
+                    .and_then(|(i, m)| Some((i.parse::<usize>().ok()?, m)))
+                    .ok_or_else(|| bad(format!("bad element field {name:?}")))?;
+                let i = split_entry(&mut split, member);
+                split[i].2.push((index, value));
+                continue;
+            }
             let text = String::from_utf8(value).map_err(|_| bad(format!("{name} is not UTF-8")))?;
+            if let Some(member) = name.strip_prefix(layout::COUNT_PREFIX) {
+                let n = text
+                    .parse::<usize>()
+                    .map_err(|_| bad(format!("bad element count {name:?}")))?;
+                let i = split_entry(&mut split, member);
+                split[i].1 = Some(n);
+                continue;
+            }
             match name.as_str() {
                 layout::VERSION_FIELD => version = text.parse::<u64>().ok(),
                 layout::EPOCH_FIELD => epoch = text.parse::<Epoch>().ok(),
@@ -1048,6 +1152,34 @@ impl RedisStore {
                 n if n.starts_with("__") => {} // reserved for future layouts
                 n => return Err(bad(format!("foreign field {n:?}"))),
             }
+        }
+        for (name, count, mut cells) in split {
+            let Some(count) = count else {
+                return Err(bad(format!("elements of member {name:?} without a count")));
+            };
+            if doc.get(&name).is_some() {
+                return Err(bad(format!(
+                    "member {name:?} is stored both whole and element by element"
+                )));
+            }
+            cells.sort_unstable_by_key(|(i, _)| *i);
+            if cells.len() != count || cells.iter().enumerate().any(|(k, (i, _))| k != *i) {
+                return Err(bad(format!(
+                    "member {name:?} has {} element fields for a count of {count}",
+                    cells.len()
+                )));
+            }
+            let len = 1 + cells.iter().map(|(_, t)| t.len() + 1).sum::<usize>();
+            let mut text = Vec::with_capacity(len);
+            text.push(b'[');
+            for (k, (_, t)) in cells.iter().enumerate() {
+                if k > 0 {
+                    text.push(b',');
+                }
+                text.extend_from_slice(t);
+            }
+            text.push(b']');
+            doc.push(name, text);
         }
         match (version, epoch, time) {
             (Some(version), Some(epoch), Some(change_time)) => Ok(Some(Snapshot {

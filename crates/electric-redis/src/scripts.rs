@@ -63,16 +63,27 @@ end
 /// 1 expected epoch (`""`: expect no key), 2 expected version, 3 commit id (also the epoch of
 /// a created key), 4 log capacity, 5 TTL in ms (`0`: leave the expiry alone), 6 channel,
 /// 7 key JSON, 8 origin JSON, 9 kind, 10 ops JSON, 11 digest (`""`: none), 12 mode (`c` commit,
-/// `r` resolve), 13 fence lifetime in ms, 14 number `n` of fields to set, then `n`
-/// (field, JSON) pairs, then the fields to remove.
+/// `r` resolve), 13 fence lifetime in ms, 14 `1` when the writes replace every member (the
+/// others are removed) else `0`, then the writes, each a tag and its arguments (see
+/// [`layout`](crate::layout) for the fields):
+///
+/// - `w name text`: member `name` stored whole (its element fields, if any, removed);
+/// - `a name n text₀ … textₙ₋₁`: array member `name` stored element by element, all of them
+///   (its whole field and any element fields from `n` on removed);
+/// - `c name n i text`: element `i` of array member `name`, which the store must already hold
+///   element by element with count `n`;
+/// - `d name`: member `name` removed, in either form.
 ///
 /// Returns `{0}` (conflict, no key), `{0, epoch, version}` (conflict: not applied),
 /// `{1, epoch, version, change_time, repaired}` (committed now; `repaired` is 1 when a log
 /// reaching past the document, written by someone else, was dropped first), `{2, delta}` (this
 /// commit was applied earlier: its logged delta), `{3, change_time}` (this commit created the
-/// key earlier; its log entry is gone) or, in resolve mode only, `{4, reason}` (the store no
-/// longer holds what would tell). In resolve mode a create that finds another lifetime is
-/// recorded as refused, so no copy of it applies later.
+/// key earlier; its log entry is gone), `{5, name…}` (nothing written: these members are not
+/// held element by element with the count a `c` write names — stored whole by the layout
+/// before element cells — so the commit must be sent again with them as `a` writes) or, in
+/// resolve mode only, `{4, reason}` (the store no longer holds what would tell). In resolve
+/// mode a create that finds another lifetime is recorded as refused, so no copy of it applies
+/// later.
 pub(crate) const COMMIT: &str = concat_prelude!(
     r#"
 -- ACL, checked before anything is written (see "ACL checks" in scripts.rs): a permission
@@ -84,8 +95,6 @@ if acl then
   local denied
   if not acl('hset', doc, '__v', '1') then denied = 'hset ' .. doc
   elseif not acl('publish', channel, 'x') then denied = 'publish ' .. channel
-  elseif (ARGV[11] == '' or #ARGV > 14 + 2 * tonumber(ARGV[14])) and not acl('hdel', doc, '__d')
-    then denied = 'hdel ' .. doc
   elseif ttl and not acl('pexpire', doc, '1') then denied = 'pexpire ' .. doc
   elseif ttl and not acl('pexpire', log, '1') then denied = 'pexpire ' .. log
   elseif creates and not acl('del', log) then denied = 'del ' .. log
@@ -160,6 +169,91 @@ else
     return {0, e, v}
   end
 end
+-- The writes (ARGV[15] on), read before anything is written: a `c` write needs its member held
+-- element by element with the count it names, which only the store knows.
+local full = ARGV[14] == '1'
+local writes, names, seen = {}, {}, {}
+local i = 15
+while i <= #ARGV do
+  local tag, name = ARGV[i], ARGV[i + 1]
+  local w = {tag, name, i}
+  if tag == 'w' then i = i + 3
+  elseif tag == 'd' then i = i + 2
+  elseif tag == 'c' then i = i + 5
+  elseif tag == 'a' then i = i + 3 + tonumber(ARGV[i + 2])
+  else return redis.error_reply('ERR electric commit script: unknown write ' .. tostring(tag)) end
+  if name == nil or i > #ARGV + 1 then
+    return redis.error_reply('ERR electric commit script: truncated write')
+  end
+  writes[#writes + 1] = w
+  if not seen[name] then seen[name] = true; names[#names + 1] = name end
+end
+local function chunked(cmd, key, list, from)
+  local j = from or 1
+  while j <= #list do
+    local k = math.min(j + 999, #list)
+    redis.call(cmd, key, unpack(list, j, k))
+    j = k + 1
+  end
+end
+local sets, dels = {}, {}
+local counts = {}
+if v and full then
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local p = string.sub(f, 1, 1)
+    if p == '.' or p == '#' or p == '*' then dels[#dels + 1] = f end
+  end
+elseif v and #names > 0 then
+  for j = 1, #names, 1000 do
+    local fields = {}
+    for k = j, math.min(j + 999, #names) do fields[#fields + 1] = '#' .. names[k] end
+    local got = redis.call('HMGET', KEYS[1], unpack(fields))
+    for k = 1, #fields do counts[names[j + k - 1]] = tonumber(got[k]) end
+  end
+end
+local unsplit = {}
+for _, w in ipairs(writes) do
+  if w[1] == 'c' then
+    local n = counts[w[2]]
+    if n == nil or n ~= tonumber(ARGV[w[3] + 2]) or tonumber(ARGV[w[3] + 3]) >= n then
+      if seen[w[2]] ~= 'unsplit' then seen[w[2]] = 'unsplit'; unsplit[#unsplit + 1] = w[2] end
+    end
+  end
+end
+if #unsplit > 0 then return {5, unpack(unsplit)} end
+local function drop_cells(name, from)
+  local n = counts[name]
+  if n then
+    for k = from, n - 1 do dels[#dels + 1] = '*' .. string.format('%d', k) .. '.' .. name end
+    if from == 0 then dels[#dels + 1] = '#' .. name end
+  end
+end
+for _, w in ipairs(writes) do
+  local tag, name, at = w[1], w[2], w[3]
+  if tag == 'w' then
+    sets[#sets + 1] = '.' .. name; sets[#sets + 1] = ARGV[at + 2]
+    drop_cells(name, 0)
+  elseif tag == 'c' then
+    sets[#sets + 1] = '*' .. ARGV[at + 3] .. '.' .. name; sets[#sets + 1] = ARGV[at + 4]
+  elseif tag == 'a' then
+    local n = tonumber(ARGV[at + 2])
+    sets[#sets + 1] = '#' .. name; sets[#sets + 1] = ARGV[at + 2]
+    for k = 0, n - 1 do
+      sets[#sets + 1] = '*' .. string.format('%d', k) .. '.' .. name
+      sets[#sets + 1] = ARGV[at + 3 + k]
+    end
+    if v and not full then dels[#dels + 1] = '.' .. name end
+    drop_cells(name, n)
+  else
+    if v and not full then dels[#dels + 1] = '.' .. name end
+    drop_cells(name, 0)
+  end
+end
+if ARGV[11] == '' then dels[#dels + 1] = '__d' end
+if #dels > 0 and acl and not acl('hdel', KEYS[1], '__d') then
+  return redis.error_reply('NOPERM the redis user may not run hdel ' .. KEYS[1] ..
+    ' (checked before writing; nothing was written)')
+end
 local base = 0
 local epoch = id
 if v then
@@ -193,25 +287,14 @@ if type(added) == 'table' and added.err then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], vs .. '-0', 'd', delta, 'c', id)
   repaired = 1
 end
+-- Removals first: a full rewrite removes every member field, some of which it then sets.
+chunked('HDEL', KEYS[1], dels)
 if ARGV[11] ~= '' then
   redis.call('HSET', KEYS[1], '__v', vs, '__e', epoch, '__t', ms, '__d', ARGV[11])
 else
   redis.call('HSET', KEYS[1], '__v', vs, '__e', epoch, '__t', ms)
-  redis.call('HDEL', KEYS[1], '__d')
 end
-local n = tonumber(ARGV[14])
-local i = 15
-local last = 14 + 2 * n
-while i <= last do
-  local j = math.min(i + 999, last)
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
-  i = j + 1
-end
-while i <= #ARGV do
-  local j = math.min(i + 999, #ARGV)
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i, j))
-  i = j + 1
-end
+chunked('HSET', KEYS[1], sets)
 redis.call('PUBLISH', ARGV[6], delta)
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then

@@ -122,6 +122,7 @@ pub fn set(key: &Key, expected: Option<Stamp>, field: &str, value: Value) -> Com
         key: key.clone(),
         expected,
         fields: vec![Commit::member(field, &value).expect("serializes")],
+        doc: None,
         kind: DeltaKind::Patch,
         ops: ops(json!([{"op": op, "path": format!("/{field}"), "value": value}])),
         origin: "conformance".into(),
@@ -225,6 +226,7 @@ pub async fn fields_set_and_removed(sut: StoreUnderTest) {
         key: key.clone(),
         expected: Some(v1),
         fields: vec![("a".into(), None), ("d".into(), Some(text(&json!(4.5))))],
+        doc: None,
         kind: DeltaKind::Patch,
         ops: ops(
             json!([{"op": "remove", "path": "/a"}, {"op": "add", "path": "/d", "value": 4.5}]),
@@ -515,6 +517,7 @@ pub async fn snapshot_commit_is_logged_as_snapshot(sut: StoreUnderTest) {
             ("a".into(), None),
             ("b".into(), Some(text(&json!([1, 2, 3])))),
         ],
+        doc: None,
         kind: DeltaKind::Snapshot,
         ops: electric_core::Delta::snapshot_ops(doc.clone()),
         origin: "conformance".into(),

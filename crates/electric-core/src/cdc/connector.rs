@@ -33,7 +33,7 @@
 //! missing document at or below its tombstone is skipped. Tombstones are dropped once a
 //! checkpoint at or after them is persisted.
 //!
-//! The index is a fixed set of shard documents (default 64, [`ConnectorBuilder::index_shards`])
+//! The index is a fixed set of shard documents (default 256, [`ConnectorBuilder::index_shards`])
 //! in the state section `<section>~cdc` of the same store, each mapping a document id to
 //! `null` (live) or its tombstone. A document id is entered before the document is first
 //! created, so the index is a superset of the mapping's documents: the snapshot sweep walks it.
@@ -84,7 +84,9 @@ pub type JsonDoc = Map<String, Json>;
 /// The default reserved member holding applied positions.
 pub const DEFAULT_POSITION_MEMBER: &str = "_cdc";
 /// The default number of index shard documents per mapping.
-pub const DEFAULT_INDEX_SHARDS: u32 = 64;
+pub const DEFAULT_INDEX_SHARDS: u32 = 256;
+/// The size limit of an index shard document (8 MiB: about 600 000 ids per shard).
+pub const INDEX_SHARD_MAX_BYTES: usize = 8 << 20;
 /// The default bound on concurrently applied documents.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 /// The suffix of a mapping's state section.
@@ -445,7 +447,11 @@ impl ConnectorBuilder {
     }
 
     /// Index shard documents per mapping (1 to 4096; default [`DEFAULT_INDEX_SHARDS`]). Fixed
-    /// for the life of a state section: changing it orphans the old index.
+    /// for the life of a state section: changing it orphans the old index. A shard holds up
+    /// to [`INDEX_SHARD_MAX_BYTES`] (about 14 bytes per id), and creating a document rewrites
+    /// its shard's entry after diffing the shard: allow about one shard per 5 000 documents for
+    /// large tables. A full shard makes creates fail as [`ErrorKind::TooLarge`] (counted,
+    /// reported).
     pub fn index_shards(mut self, n: u32) -> Self {
         self.index_shards = n;
         self
@@ -521,13 +527,14 @@ impl ConnectorBuilder {
                 format!("{}{STATE_SECTION_SUFFIX}", section.section()),
             )
             .origin(format!("{}{STATE_SECTION_SUFFIX}", m.manager.origin()))
+            .max_document_bytes(INDEX_SHARD_MAX_BYTES)
             .build()
             .map_err(|e| CdcError::Config(format!("state section for {section}: {e}")))?;
             rts.push(MappingRt {
                 index: Index {
                     state,
                     shards: self.index_shards,
-                    pending: Mutex::new(Vec::new()),
+                    pending: Mutex::new(HashMap::new()),
                     scanned: std::sync::atomic::AtomicBool::new(false),
                 },
                 m,
@@ -937,6 +944,8 @@ struct RowOp {
     position: Position,
     /// The change it came from, in the batch.
     item: usize,
+    /// A snapshot sweep's delete: applied whatever the recorded position (the sweep decided).
+    force: bool,
 }
 
 /// What applying a row op did.
@@ -951,7 +960,8 @@ enum Done {
 enum Decision {
     Write,
     Duplicate,
-    DeleteDoc,
+    /// The document's last row went: delete it, with a tombstone at this position.
+    DeleteDoc(Position),
     Fail(ErrorKind, String),
 }
 
@@ -1116,6 +1126,7 @@ impl Runtime {
             row,
             position: item.position.clone(),
             item: idx,
+            force: false,
         };
         match &m.shape {
             Shape::Columns { .. } | Shape::Build(_) => Ok(vec![op(row_id.clone(), new_row)]),
@@ -1269,6 +1280,8 @@ impl Runtime {
         if !exists {
             if let Some(t) = rt.index.tombstone(&op.doc_id).await? {
                 if op.position <= t {
+                    // A tombstone a crashed run left: collect it once a checkpoint passes it.
+                    self.remember_tombstone(mi, &op.doc_id, &t);
                     return Ok(Done::Duplicate);
                 }
             }
@@ -1300,23 +1313,28 @@ impl Runtime {
                 );
                 Ok(Done::Failed(kind))
             }
-            Some(Decision::DeleteDoc) => {
-                rt.index.set_tombstone(&op.doc_id, &op.position).await?;
+            Some(Decision::DeleteDoc(at)) => {
+                rt.index.set_tombstone(&op.doc_id, &at).await?;
                 manager.delete(&op.doc_id).await?;
                 bump(&self.shared.counters.deleted);
-                self.remember_tombstone(mi, &op.doc_id, &op.position);
+                self.remember_tombstone(mi, &op.doc_id, &at);
                 Ok(Done::Applied)
             }
         }
     }
 
     fn remember_tombstone(&self, mi: usize, doc_id: &str, pos: &Position) {
-        self.mappings[mi]
+        let mut pending = self.mappings[mi]
             .index
             .pending
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((doc_id.to_string(), pos.clone()));
+            .unwrap_or_else(|p| p.into_inner());
+        let slot = pending
+            .entry(doc_id.to_string())
+            .or_insert_with(|| pos.clone());
+        if *pos > *slot {
+            *slot = pos.clone();
+        }
     }
 
     /// Applies `op` to `doc` (a copy), unless it is a duplicate.
@@ -1333,12 +1351,20 @@ impl Runtime {
                 return Decision::Fail(ErrorKind::Malformed, format!("member {}: {e}", self.member))
             }
         };
-        if meta
-            .last(&op.row_id)
-            .is_some_and(|last| op.position <= *last)
-        {
+        let last = meta.last(&op.row_id).cloned();
+        if !op.force && last.as_ref().is_some_and(|l| op.position <= *l) {
             return Decision::Duplicate;
         }
+        // What a delete records: never below a position already recorded (a forced sweep
+        // delete may carry a lower one).
+        let high = meta
+            .rows
+            .values()
+            .chain(meta.deleted.values())
+            .max()
+            .cloned()
+            .map_or(op.position.clone(), |h| h.max(op.position.clone()));
+        let delete_at = last.map_or(op.position.clone(), |l| l.max(op.position.clone()));
         doc.remove(&self.member);
         let result: Result<(), (ErrorKind, String)> = match (&m.shape, &op.row) {
             (Shape::Columns { only }, Some(row)) => (|| {
@@ -1366,14 +1392,14 @@ impl Runtime {
             }
             None => {
                 meta.rows.remove(&op.row_id);
-                meta.deleted.insert(op.row_id.clone(), op.position.clone());
+                meta.deleted.insert(op.row_id.clone(), delete_at);
             }
         }
         if let Some(cp) = prune_at {
             meta.deleted.retain(|_, p| *p > *cp);
         }
         if meta.rows.is_empty() {
-            return Decision::DeleteDoc;
+            return Decision::DeleteDoc(high);
         }
         doc.insert(self.member.clone(), meta.to_json());
         Decision::Write
@@ -1385,8 +1411,14 @@ impl Runtime {
         for rt in &self.mappings {
             let due: Vec<(String, Position)> = {
                 let mut pending = rt.index.pending.lock().unwrap_or_else(|p| p.into_inner());
-                let (due, keep): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, p)| p <= cp);
-                *pending = keep;
+                let due: Vec<(String, Position)> = pending
+                    .iter()
+                    .filter(|(_, p)| *p <= cp)
+                    .map(|(d, p)| (d.clone(), p.clone()))
+                    .collect();
+                for (d, _) in &due {
+                    pending.remove(d);
+                }
                 due
             };
             let leftovers = if rt.index.scanned.swap(true, Ordering::Relaxed) {
@@ -1480,6 +1512,7 @@ impl Runtime {
                         row: None,
                         position: at.clone(),
                         item: 0,
+                        force: true,
                     });
                 }
             }
@@ -1520,8 +1553,9 @@ fn skip_kind(e: &Error) -> Option<ErrorKind> {
 struct Index {
     state: DataManager<JsonDoc>,
     shards: u32,
-    /// Tombstones this run wrote, not yet collected.
-    pending: Mutex<Vec<(String, Position)>>,
+    /// Tombstones this run wrote or met, not yet collected: at most one per document, so
+    /// bounded by the deletes since the last checkpoint.
+    pending: Mutex<HashMap<String, Position>>,
     /// Whether the shards were scanned for leftovers yet.
     scanned: std::sync::atomic::AtomicBool,
 }
@@ -1917,6 +1951,45 @@ mod tests {
         assert!(docs.get("4").await.unwrap().is_some());
         assert!(docs.get("1").await.unwrap().is_some());
         assert_eq!(h.stats().swept_rows, 1);
+        h.shutdown();
+        h.join().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn cdc_a_fresh_snapshot_sweeps_documents_left_from_before() {
+        let rig = Rig::new();
+        let docs = rig.docs();
+        let h = rig.start(&docs).await;
+        let c = rig
+            .db
+            .commit(
+                Txn::new()
+                    .insert(&t(), user(1, "a"))
+                    .insert(&t(), user(2, "b")),
+            )
+            .unwrap();
+        h.wait_for_checkpoint(&c.checkpoint).await.unwrap();
+        h.shutdown();
+        h.join().await.unwrap();
+        rig.db
+            .commit(
+                Txn::new()
+                    .delete(&t(), row([("id", Value::Int(1))]))
+                    .delete(&t(), row([("id", Value::Int(2))])),
+            )
+            .unwrap();
+        // The checkpoints are lost: the connector starts from scratch, with an empty snapshot.
+        let rig2 = Rig {
+            db: rig.db.clone(),
+            store: rig.store.clone(),
+            ck: Arc::new(MemoryCheckpoints::new()),
+        };
+        let docs2 = rig2.docs();
+        let h = rig2.start(&docs2).await;
+        assert!(docs2.get("1").await.unwrap().is_none());
+        assert!(docs2.get("2").await.unwrap().is_none());
+        let st = h.stats();
+        assert_eq!((st.swept_rows, st.documents_deleted), (2, 2), "{st:?}");
         h.shutdown();
         h.join().await.unwrap();
     }

@@ -334,6 +334,10 @@ pub trait ChangeSource: Send {
     /// Connects and starts streaming after `from` (a checkpoint this source wrote), or from the
     /// beginning — an initial snapshot of every configured table — when `from` is `None`.
     ///
+    /// Callers (the [`connector::Connector`], the [`tracker::TableTracker`]) call `start` again
+    /// on the same source after a retryable error, with the last persisted checkpoint: the
+    /// stream restarts after it.
+    ///
     /// # Errors
     /// [`CdcError::Setting`], [`CdcError::Permission`], [`CdcError::Table`] for what must be
     /// fixed by hand; [`CdcError::Unavailable`] when the server cannot be reached.
@@ -385,6 +389,35 @@ mod tests {
         assert!(CdcError::Unavailable("reset".into()).is_retryable());
         assert!(!CdcError::Config("x".into()).is_retryable());
         assert!(!CdcError::HistoryLost("slot lost".into()).is_retryable());
+    }
+
+    #[test]
+    fn cdc_public_futures_and_handles_are_send() {
+        fn send<T: Send + 'static>(_: &T) {}
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<connector::ConnectorHandle>();
+        send_sync::<tracker::TrackerHandle>();
+        send_sync::<checkpoints::FileCheckpoints>();
+        send_sync::<memory::MemoryDatabase>();
+        send_sync::<connector::TableMapping>();
+        let db = memory::MemoryDatabase::new();
+        let store = std::sync::Arc::new(crate::MemoryStore::new());
+        let docs = crate::DataManager::<connector::JsonDoc>::builder(store, "p", "s")
+            .build()
+            .unwrap();
+        let c = connector::Connector::builder(
+            db.source("s").build().unwrap(),
+            std::sync::Arc::new(checkpoints::MemoryCheckpoints::new()),
+            "s",
+        )
+        .table(connector::TableMapping::columns(
+            TableName::new("a", "b"),
+            docs,
+        ))
+        .build()
+        .unwrap();
+        let fut = c.run(tokio_util::sync::CancellationToken::new());
+        send(&fut);
     }
 
     #[test]

@@ -318,11 +318,6 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// The top-level member an operation path touches, unescaped; `None` for the root.
-fn top_member(path: &json_patch::jsonptr::Pointer) -> Option<String> {
-    path.first().map(|t| t.decoded().into_owned())
-}
-
 impl<T: Document> DataManager<T> {
     /// Starts building a manager for `partition`/`section` on `store`.
     pub fn builder(

@@ -17,6 +17,7 @@
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -24,7 +25,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::events::{ChangeCause, Counters};
-use super::{top_member, DataManager, Doc, Document, Entry, UpdateOutcome};
+use super::{DataManager, Doc, Document, Entry, UpdateOutcome};
 use crate::delta::{Delta, DeltaKind, Patch};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -93,38 +94,41 @@ impl<T: Document> DataManager<T> {
                 value: n.value,
             };
             let digests = inner.config.digests;
-            let (new_json, ops, digest) = match patch::diff_into(&mut tree, &value, &mut log) {
-                Ok(()) => {
-                    let digest = digests.then(|| {
-                        old_digest
-                            .and_then(|d| d.after(&log.ops, log.olds.iter().map(Option::as_ref)))
-                            .unwrap_or_else(|| Digest::of(&tree))
-                    });
-                    (tree, log.ops, digest)
-                }
-                // The kept tree is dropped half-updated; the cache still holds the old value.
-                Err(patch::DiffError::NonFinite(n)) => return Err(non_finite(n)),
-                Err(patch::DiffError::GiveUp(_)) => {
-                    // serde_json would quietly write `null` for these.
-                    if let Some(n) = patch::find_non_finite(&value) {
-                        return Err(non_finite(n));
+            let (new_json, ops, digest, log_olds) =
+                match patch::diff_into(&mut tree, &value, &mut log) {
+                    Ok(()) => {
+                        let digest = digests.then(|| {
+                            old_digest
+                                .and_then(|d| {
+                                    d.after(&log.ops, log.olds.iter().map(Option::as_ref))
+                                })
+                                .unwrap_or_else(|| Digest::of(&tree))
+                        });
+                        (tree, log.ops, digest, log.olds)
                     }
-                    // Something `diff_into` leaves to serde_json (or an error it reports):
-                    // rebuild both trees and diff them.
-                    let old = match &current {
-                        Some(d) => self.to_object(&key, d.value())?,
-                        None => Map::new(),
-                    };
-                    let new = self.to_object(&key, &value)?;
-                    let (old, new) = (Value::Object(old), Value::Object(new));
-                    let ops = patch::diff(&old, &new).0;
-                    let Value::Object(new) = new else {
-                        unreachable!("built from a map");
-                    };
-                    let digest = digests.then(|| Digest::of(&new));
-                    (new, ops, digest)
-                }
-            };
+                    // The kept tree is dropped half-updated; the cache still holds the old value.
+                    Err(patch::DiffError::NonFinite(n)) => return Err(non_finite(n)),
+                    Err(patch::DiffError::GiveUp(_)) => {
+                        // serde_json would quietly write `null` for these.
+                        if let Some(n) = patch::find_non_finite(&value) {
+                            return Err(non_finite(n));
+                        }
+                        // Something `diff_into` leaves to serde_json (or an error it reports):
+                        // rebuild both trees and diff them.
+                        let old = match &current {
+                            Some(d) => self.to_object(&key, d.value())?,
+                            None => Map::new(),
+                        };
+                        let new = self.to_object(&key, &value)?;
+                        let (old, new) = (Value::Object(old), Value::Object(new));
+                        let ops = patch::diff(&old, &new).0;
+                        let Value::Object(new) = new else {
+                            unreachable!("built from a map");
+                        };
+                        let digest = digests.then(|| Digest::of(&new));
+                        (new, ops, digest, Vec::new())
+                    }
+                };
             let ops = Patch(ops);
             if ops.0.is_empty() {
                 Counters::bump(&inner.counters.unchanged);
@@ -135,7 +139,17 @@ impl<T: Document> DataManager<T> {
                     version: expected.map_or(0, |s| s.version),
                 });
             }
-            let (commit, json_len) = self.build_commit(&key, expected, &new_json, ops, digest)?;
+            // The new size from the old one when every operation replaced a value we were
+            // handed back; otherwise counted.
+            let size = match &current {
+                Some(d) if d.entry.json_len > 0 && d.entry.json_len < u32::MAX => {
+                    replaced_size_change(&ops, &log_olds)
+                        .map(|change| (i64::from(d.entry.json_len) + change).max(2) as usize)
+                }
+                _ => None,
+            };
+            let (mut commit, json_len) =
+                self.build_commit(&key, expected, new_json, ops, digest, size)?;
             let json_len = u32::try_from(json_len).unwrap_or(u32::MAX);
             let outcome = match inner.store.commit(&commit).await {
                 Ok(outcome) => outcome,
@@ -147,6 +161,10 @@ impl<T: Document> DataManager<T> {
             match outcome {
                 CommitOutcome::Committed(delta) => {
                     Counters::bump(&inner.counters.committed);
+                    // The store only borrowed the tree (one that cloned the commit, such as a
+                    // test double holding requests back, makes us copy it).
+                    let doc = commit.doc.take().unwrap_or_default();
+                    let new_json = Arc::try_unwrap(doc).unwrap_or_else(|d| (*d).clone());
                     self.keep_tree(id, delta.stamp(), (new_json, digest), true, json_len);
                     self.put(
                         id,
@@ -258,46 +276,23 @@ impl<T: Document> DataManager<T> {
         }
     }
 
-    /// The commit turning `old` into `new`: a patch writing only the members `ops` touch, or a
-    /// snapshot writing them all when the key is new, the root is replaced or the patch is larger
-    /// than [`ManagerConfig::snapshot_ratio`] of the document. Members are serialized once, and
-    /// the document's size is counted alongside without building its text.
+    /// The commit turning the expected document into `new`: a patch, or a snapshot when the
+    /// key is new, the root is replaced or the patch is larger than
+    /// [`ManagerConfig::snapshot_ratio`] of the document. The commit carries `new` itself
+    /// ([`Commit::doc`]) rather than member texts, so the store serializes only what it writes
+    /// (for Redis, the array elements the patch touches). The document's size is `size` when
+    /// the caller knows it, else counted without building its text.
     pub(super) fn build_commit(
         &self,
         key: &Key,
         expected: Option<Stamp>,
-        new: &Map<String, Value>,
+        new: Map<String, Value>,
         ops: Patch,
         digest: Option<Digest>,
+        size: Option<usize>,
     ) -> Result<(Commit, usize)> {
         let config = &self.inner.config;
-        let text = |v: &Value| serde_json::value::to_raw_value(v).map_err(|e| Error::serde(key, e));
-        let mut names: Vec<String> = ops
-            .0
-            .iter()
-            .filter_map(|op| top_member(op.path()))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        // Members the patch removes (a removed member always has an operation of its own).
-        let removed: Vec<String> = names
-            .iter()
-            .filter(|n| !new.contains_key(*n))
-            .cloned()
-            .collect();
-        // `{`, `}` and the commas between members, then each `"name":value`.
-        let mut size = 2 + new.len().saturating_sub(1);
-        let mut fields = Vec::with_capacity(names.len());
-        for (name, value) in new {
-            size += patch::str_json_len(name) + 1;
-            if names.binary_search(name).is_ok() {
-                let t = text(value)?;
-                size += t.get().len();
-                fields.push((name.clone(), Some(t)));
-            } else {
-                size += patch::json_size(value);
-            }
-        }
+        let size = size.unwrap_or_else(|| patch::map_json_size(&new));
         if size > config.max_document_bytes {
             return Err(Error::DocumentTooLarge {
                 key: key.clone(),
@@ -308,28 +303,21 @@ impl<T: Document> DataManager<T> {
         let snapshot = expected.is_none()
             || ops.0.iter().any(|op| op.path().is_root())
             || patch::patch_size(&ops) as f64 > config.snapshot_ratio * size as f64;
+        let new = Arc::new(new);
         let (kind, ops) = if snapshot {
-            let mut written = std::mem::take(&mut fields).into_iter().peekable();
-            for (name, value) in new {
-                match written.next_if(|(n, _)| n == name) {
-                    Some(field) => fields.push(field),
-                    None => fields.push((name.clone(), Some(text(value)?))),
-                }
-            }
-            fields.extend(removed.into_iter().map(|n| (n, None)));
             (
                 DeltaKind::Snapshot,
-                Delta::snapshot_ops(Value::Object(new.clone())),
+                Delta::snapshot_ops(Value::Object((*new).clone())),
             )
         } else {
-            fields.extend(removed.into_iter().map(|n| (n, None)));
             (DeltaKind::Patch, ops)
         };
         let commit = Commit {
             id: CommitId::random(),
             key: key.clone(),
             expected,
-            fields,
+            fields: Vec::new(),
+            doc: Some(new),
             kind,
             ops,
             origin: self.inner.origin.clone(),
@@ -376,4 +364,22 @@ impl<T: Document> DataManager<T> {
         }
         Ok(existed)
     }
+}
+
+/// How much the document's JSON grows under `ops` when every operation is a `replace` whose
+/// old value is in `olds` (what `diff_into` hands back), else `None`.
+fn replaced_size_change(ops: &Patch, olds: &[Option<Value>]) -> Option<i64> {
+    if ops.0.len() != olds.len() {
+        return None;
+    }
+    let mut change = 0i64;
+    for (op, old) in ops.0.iter().zip(olds) {
+        match (op, old) {
+            (json_patch::PatchOperation::Replace(r), Some(old)) => {
+                change += patch::json_size(&r.value) as i64 - patch::json_size(old) as i64;
+            }
+            _ => return None,
+        }
+    }
+    Some(change)
 }

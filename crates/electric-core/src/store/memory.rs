@@ -66,6 +66,7 @@ pub const DEFAULT_FENCE_TTL: Duration = Duration::from_secs(3600);
 ///         key: key.clone(),
 ///         expected: None,
 ///         fields: vec![Commit::member("a", &1).unwrap()],
+///         doc: None,
 ///         kind: DeltaKind::Patch,
 ///         ops: serde_json::from_str(r#"[{"op":"add","path":"/a","value":1}]"#).unwrap(),
 ///         origin: "doc".into(),
@@ -471,6 +472,9 @@ impl MemoryStore {
                 });
             }
         }
+        let (replace_all, writes) = commit
+            .member_writes()
+            .map_err(|e| Error::serde(&commit.key, e))?;
         let change_time = now_millis();
         let doc = docs.map.entry(key.clone()).or_insert_with(|| Doc {
             epoch: Epoch::from(commit.id),
@@ -481,7 +485,10 @@ impl MemoryStore {
             log: VecDeque::new(),
             expires_at: None,
         });
-        for (name, value) in &commit.fields {
+        if replace_all {
+            doc.fields.clear();
+        }
+        for (name, value) in writes.iter() {
             match value {
                 Some(v) => doc.fields.insert(name.clone(), v.clone()),
                 None => doc.fields.remove(name),

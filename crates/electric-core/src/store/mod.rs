@@ -9,12 +9,15 @@
 mod members;
 mod memory;
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 use crate::delta::{DeltaKind, Patch, SharedDelta};
 use crate::digest::Digest;
@@ -50,6 +53,9 @@ pub struct Head {
     pub digest: Option<Digest>,
 }
 
+/// A member written (`Some`, its JSON text) or removed (`None`), as [`Commit::fields`] lists them.
+pub type MemberWrite = (String, Option<Box<RawValue>>);
+
 /// One atomic change to submit to [`Store::commit`].
 #[derive(Clone, Debug)]
 pub struct Commit {
@@ -62,8 +68,16 @@ pub struct Commit {
     /// What the writer believes the store holds: `None` means "the key does not exist".
     pub expected: Option<Stamp>,
     /// Top-level members to write (`Some`, as JSON text) or remove (`None`). Together they turn
-    /// the expected document into the new one. [`Commit::member`] builds an entry.
+    /// the expected document into the new one. [`Commit::member`] builds an entry. Ignored when
+    /// [`doc`](Commit::doc) is set.
     pub fields: Vec<(String, Option<Box<RawValue>>)>,
+    /// The new document as a JSON tree, when the writer holds one (`DataManager::update` does,
+    /// and then leaves `fields` empty). A store takes what it writes from here: for a `Patch`,
+    /// the members `ops` touch (a touched member `doc` lacks is removed), for a `Snapshot`
+    /// the whole document, replacing every member. This lets a store write less than whole
+    /// members: the Redis store writes only the array elements `ops` change.
+    /// [`Commit::member_writes`] turns it into `fields`' form.
+    pub doc: Option<Arc<Map<String, Value>>>,
     /// `Patch` or `Snapshot` (never `Delete`; use [`Store::delete`]).
     pub kind: DeltaKind,
     /// The RFC 6902 patch from the expected document to the new one, as logged and published.
@@ -87,6 +101,57 @@ impl Commit {
         value: &(impl Serialize + ?Sized),
     ) -> serde_json::Result<(String, Option<Box<RawValue>>)> {
         Ok((name.into(), Some(serde_json::value::to_raw_value(value)?)))
+    }
+
+    /// The top-level members `ops` change (the members of their paths and of their `from`
+    /// paths), sorted and without repeats; `None` when an operation replaces the root.
+    pub fn touched_members(&self) -> Option<Vec<String>> {
+        use json_patch::PatchOperation as Op;
+        let mut names = Vec::with_capacity(self.ops.0.len());
+        for op in &self.ops.0 {
+            let from = match op {
+                Op::Move(m) => Some(&m.from),
+                Op::Copy(c) => Some(&c.from),
+                _ => None,
+            };
+            for p in std::iter::once(op.path()).chain(from.map(|p| &**p)) {
+                names.push(p.first()?.decoded().into_owned());
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
+        Some(names)
+    }
+
+    /// The members this commit writes, in [`fields`](Commit::fields)' form, and whether they
+    /// replace the whole document (every member not listed is dropped). Without
+    /// [`doc`](Commit::doc): `fields` as they are, not replacing. With it: for a `Snapshot` (or a
+    /// patch replacing the root) every member of `doc`, replacing; otherwise the members `ops`
+    /// touch, serialized from `doc`, and `None` for those it lacks.
+    ///
+    /// # Errors
+    ///
+    /// A member of `doc` does not serialize (it always does: its keys are strings).
+    pub fn member_writes(&self) -> serde_json::Result<(bool, Cow<'_, [MemberWrite]>)> {
+        let Some(doc) = &self.doc else {
+            return Ok((false, Cow::Borrowed(&self.fields)));
+        };
+        let text = |v: &Value| serde_json::value::to_raw_value(v).map(Some);
+        let touched = match self.kind {
+            DeltaKind::Snapshot => None,
+            _ => self.touched_members(),
+        };
+        let writes = match &touched {
+            None => doc
+                .iter()
+                .map(|(n, v)| Ok((n.clone(), text(v)?)))
+                .collect::<serde_json::Result<Vec<_>>>()?,
+            Some(names) => names
+                .iter()
+                .map(|n| Ok((n.clone(), doc.get(n).map(text).transpose()?.flatten())))
+                .collect::<serde_json::Result<Vec<_>>>()?,
+        };
+        Ok((touched.is_none(), Cow::Owned(writes)))
     }
 }
 
