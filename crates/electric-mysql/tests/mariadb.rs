@@ -689,7 +689,9 @@ async fn cancelled_next_calls_lose_nothing() {
         deadline = deadline % 2000 + 37;
     }
     writer.await.unwrap();
-    assert!(cancelled > 10, "only {cancelled} calls were cancelled");
+    // How many deadlines strike depends on the host's speed (5 on a quiet one, dozens under
+    // load); one is enough for the property, and without any the run proves nothing.
+    assert!(cancelled > 0, "no call was cancelled");
     let mut ids: Vec<i64> = seen.items.iter().map(id).collect();
     ids.sort_unstable();
     assert_eq!(ids, (1..=600).collect::<Vec<_>>(), "each row exactly once");
