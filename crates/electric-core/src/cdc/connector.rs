@@ -40,7 +40,9 @@
 //!
 //! # Checkpoints, bounds, snapshots
 //!
-//! Batches are applied one at a time; within a batch, changes to different documents run
+//! Batches are applied one round at a time (a round is a batch plus the batches the source
+//! already holds, merged up to [`ConnectorBuilder::max_batch_items`] changes, with one
+//! checkpoint: the last); within a round, changes to different documents run
 //! concurrently (at most [`ConnectorBuilder::max_in_flight`]), changes to one document in order.
 //! Only when every change up to a batch's [`ChangeBatch::checkpoint`] is applied (or skipped as
 //! a duplicate or a counted error) is the checkpoint persisted and then acknowledged to the
@@ -64,6 +66,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
+use futures_util::FutureExt;
 use serde_json::{Map, Value as Json};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -89,6 +92,8 @@ pub const DEFAULT_INDEX_SHARDS: u32 = 256;
 pub const INDEX_SHARD_MAX_BYTES: usize = 8 << 20;
 /// The default bound on concurrently applied documents.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
+/// The default bound on changes applied as one round ([`ConnectorBuilder::max_batch_items`]).
+pub const DEFAULT_MAX_BATCH_ITEMS: usize = 4096;
 /// The suffix of a mapping's state section.
 pub const STATE_SECTION_SUFFIX: &str = "~cdc";
 
@@ -420,6 +425,7 @@ pub struct ConnectorBuilder {
     position_member: String,
     index_shards: u32,
     max_in_flight: usize,
+    max_batch_items: usize,
     backoff: Backoff,
     on_applied: Option<Arc<AppliedFn>>,
 }
@@ -461,6 +467,19 @@ impl ConnectorBuilder {
     /// [`DEFAULT_MAX_IN_FLIGHT`]).
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
+        self
+    }
+
+    /// Changes applied as one round (at least 1; default [`DEFAULT_MAX_BATCH_ITEMS`]). When a
+    /// batch has been read and the source already holds more (the connector fell behind, as
+    /// with many small transactions), the ready batches are merged into one round of at most
+    /// this many changes (a batch is never split, so a round may exceed it by the last batch),
+    /// applied together and followed by one checkpoint, the last of the merged batches'.
+    /// Beyond the bound, ready batches wait for the next round. A `SnapshotStart`,
+    /// `SnapshotEnd`, end of stream or source error ends the merge and is handled after the
+    /// round.
+    pub fn max_batch_items(mut self, n: usize) -> Self {
+        self.max_batch_items = n;
         self
     }
 
@@ -507,6 +526,9 @@ impl ConnectorBuilder {
         if self.max_in_flight == 0 {
             return cfg("max_in_flight must be at least 1".into());
         }
+        if self.max_batch_items == 0 {
+            return cfg("max_batch_items must be at least 1".into());
+        }
         let mut tables = HashMap::new();
         let mut sections = Vec::new();
         for (i, m) in self.mappings.iter().enumerate() {
@@ -550,6 +572,7 @@ impl ConnectorBuilder {
                 tables,
                 member: self.position_member,
                 max_in_flight: self.max_in_flight,
+                max_batch_items: self.max_batch_items,
                 backoff: self.backoff,
                 on_applied: self.on_applied,
                 shared: Arc::new(Shared {
@@ -640,6 +663,7 @@ impl Connector {
             position_member: DEFAULT_POSITION_MEMBER.into(),
             index_shards: DEFAULT_INDEX_SHARDS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
             backoff: Backoff::default(),
             on_applied: None,
         }
@@ -719,10 +743,15 @@ impl Connector {
         let rt = self.rt.clone();
         let mut snapshots: HashMap<TableName, Option<Position>> = HashMap::new();
         let mut last_seen: Option<Position> = from.clone();
+        // An event read while merging ready batches, handled after the merged round.
+        let mut pending: Option<CdcResult<Option<SourceEvent>>> = None;
         loop {
-            let ev = tokio::select! {
-                _ = token.cancelled() => return Ok(()),
-                ev = self.source.next() => ev?,
+            let ev = match pending.take() {
+                Some(ev) => ev?,
+                None => tokio::select! {
+                    _ = token.cancelled() => return Ok(()),
+                    ev = self.source.next() => ev?,
+                },
             };
             let Some(ev) = ev else { return Ok(()) };
             *failures = 0;
@@ -741,7 +770,24 @@ impl Connector {
                         }
                     }
                 }
-                SourceEvent::Changes(batch) => {
+                SourceEvent::Changes(mut batch) => {
+                    // Merge the batches the source already holds (`next` is cancel safe, so
+                    // polling it once and dropping it loses nothing).
+                    while batch.items.len() < rt.max_batch_items {
+                        match self.source.next().now_or_never() {
+                            None => break,
+                            Some(Ok(Some(SourceEvent::Changes(more)))) => {
+                                batch.items.extend(more.items);
+                                if more.checkpoint.is_some() {
+                                    batch.checkpoint = more.checkpoint;
+                                }
+                            }
+                            Some(other) => {
+                                pending = Some(other);
+                                break;
+                            }
+                        }
+                    }
                     for item in &batch.items {
                         if let Some(slot) = snapshots.get_mut(&item.table) {
                             if slot.is_none() {
@@ -923,6 +969,7 @@ struct Runtime {
     tables: HashMap<TableName, usize>,
     member: String,
     max_in_flight: usize,
+    max_batch_items: usize,
     backoff: Backoff,
     on_applied: Option<Arc<AppliedFn>>,
     shared: Arc<Shared>,
@@ -1769,6 +1816,78 @@ mod tests {
         assert_eq!(rig.db.acked("src"), Some(last.checkpoint.clone()));
         h.shutdown();
         h.join().await.unwrap();
+    }
+
+    /// Checkpoints counting `store` calls.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryCheckpoints,
+        stores: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl Checkpoints for Counting {
+        async fn load(&self, name: &str) -> CdcResult<Option<Position>> {
+            self.inner.load(name).await
+        }
+        async fn store(&self, name: &str, position: &Position) -> CdcResult<()> {
+            self.stores.fetch_add(1, Ordering::Relaxed);
+            self.inner.store(name, position).await
+        }
+    }
+
+    /// 300 single-row transactions that are all ready when the connector reads: merged into
+    /// rounds of at most `max_batch_items` changes, one checkpoint per round.
+    async fn ready_transactions_with(max_batch_items: usize) -> u64 {
+        let rig = Rig::new();
+        let docs = rig.docs();
+        let ck = Arc::new(Counting::default());
+        let h = Connector::builder(
+            rig.db.source("src").batch_size(2).build().unwrap(),
+            ck.clone(),
+            "users",
+        )
+        .table(TableMapping::columns(t(), docs.clone()))
+        .backoff(fast())
+        .index_shards(4)
+        .max_batch_items(max_batch_items)
+        .build()
+        .unwrap()
+        .spawn(CancellationToken::new());
+        h.wait_for_checkpoint(&Position::from_bytes(Vec::new()))
+            .await
+            .unwrap();
+        let before = ck.stores.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..300 {
+            last = Some(
+                rig.db
+                    .commit(Txn::new().insert(&t(), user(i, "x")))
+                    .unwrap(),
+            );
+        }
+        let last = last.unwrap();
+        h.wait_for_checkpoint(&last.checkpoint).await.unwrap();
+        for i in [0, 149, 299] {
+            assert_eq!(docs.get(&i.to_string()).await.unwrap().unwrap()["id"], i);
+        }
+        let st = h.stats();
+        assert_eq!((st.applied, st.duplicates), (300, 0), "{st:?}");
+        assert_eq!(rig.db.acked("src"), Some(last.checkpoint.clone()));
+        h.shutdown();
+        h.join().await.unwrap();
+        ck.stores.load(Ordering::Relaxed) - before
+    }
+
+    #[tokio::test]
+    async fn cdc_ready_batches_are_merged_up_to_the_bound() {
+        let merged = ready_transactions_with(DEFAULT_MAX_BATCH_ITEMS).await;
+        assert!(
+            merged <= 3,
+            "300 ready transactions took {merged} checkpoints"
+        );
+        let unmerged = ready_transactions_with(1).await;
+        assert_eq!(unmerged, 300, "a bound of 1 applies each batch on its own");
     }
 
     /// Checkpoints whose `store` can be made to fail permanently (the connector stops before
