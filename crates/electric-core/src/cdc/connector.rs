@@ -1754,17 +1754,25 @@ mod tests {
 
         /// Spawns a connector and waits for its first checkpoint (the initial snapshot's).
         async fn start(&self, docs: &DataManager<JsonDoc>) -> ConnectorHandle {
-            let h = Connector::builder(
+            self.start_with(docs, self.ck.clone(), |b| b).await
+        }
+
+        /// [`start`](Self::start) with other checkpoints and builder settings.
+        async fn start_with(
+            &self,
+            docs: &DataManager<JsonDoc>,
+            ck: Arc<dyn Checkpoints>,
+            tune: impl FnOnce(ConnectorBuilder) -> ConnectorBuilder,
+        ) -> ConnectorHandle {
+            let b = Connector::builder(
                 self.db.source("src").batch_size(2).build().unwrap(),
-                self.ck.clone(),
+                ck,
                 "users",
             )
             .table(TableMapping::columns(t(), docs.clone()))
             .backoff(fast())
-            .index_shards(4)
-            .build()
-            .unwrap()
-            .spawn(CancellationToken::new());
+            .index_shards(4);
+            let h = tune(b).build().unwrap().spawn(CancellationToken::new());
             h.wait_for_checkpoint(&Position::from_bytes(Vec::new()))
                 .await
                 .unwrap();
@@ -1842,21 +1850,9 @@ mod tests {
         let rig = Rig::new();
         let docs = rig.docs();
         let ck = Arc::new(Counting::default());
-        let h = Connector::builder(
-            rig.db.source("src").batch_size(2).build().unwrap(),
-            ck.clone(),
-            "users",
-        )
-        .table(TableMapping::columns(t(), docs.clone()))
-        .backoff(fast())
-        .index_shards(4)
-        .max_batch_items(max_batch_items)
-        .build()
-        .unwrap()
-        .spawn(CancellationToken::new());
-        h.wait_for_checkpoint(&Position::from_bytes(Vec::new()))
-            .await
-            .unwrap();
+        let h = rig
+            .start_with(&docs, ck.clone(), |b| b.max_batch_items(max_batch_items))
+            .await;
         let before = ck.stores.load(Ordering::Relaxed);
         let mut last = None;
         for i in 0..300 {
